@@ -1,0 +1,58 @@
+import type { LoadedConfig } from '../config/load';
+import { CrowdError } from '../errors';
+
+/** The admin URL a local CLI should call: a wildcard listen address is reached on loopback. */
+export function adminBase(config: LoadedConfig['config']): string {
+  let host = config.admin.host;
+  if (host === '0.0.0.0' || host === '') host = '127.0.0.1';
+  if (host === '::') host = '::1';
+  if (host.includes(':')) host = `[${host}]`;
+  return `http://${host}:${config.admin.port}`;
+}
+
+export async function adminGet(config: LoadedConfig['config'], path: string): Promise<unknown> {
+  const url = adminBase(config) + path;
+  const headers: Record<string, string> = {};
+  if (config.admin.token) headers.authorization = `Bearer ${config.admin.token}`;
+  let res: Response;
+  try {
+    res = await fetch(url, { headers, signal: AbortSignal.timeout(5000) });
+  } catch (err) {
+    throw new CrowdError('CROWD_ERR_ADMIN', `cannot reach the admin API at ${url} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is crowd running with this config?`);
+  }
+  const body = await res.text();
+  if (!res.ok) throw new CrowdError('CROWD_ERR_ADMIN', `${url} answered ${res.status}: ${body}`);
+  return JSON.parse(body);
+}
+
+interface StatusJson {
+  node: string;
+  version: string;
+  state: string;
+  ready: boolean;
+  ingest: { host: string; port: number | null };
+  log: { dir: string; first_offset?: number; last_offset?: number; durable_offset?: number; bytes?: number; max_bytes?: number; pending_writes?: number };
+  targets: { name: string; offset: number; lag: number; state: string }[];
+  peers: { url: string; state: string }[];
+}
+
+export async function statusCommand({ config }: LoadedConfig, asJson: boolean): Promise<void> {
+  const s = (await adminGet(config, '/status')) as StatusJson;
+  if (asJson) {
+    process.stdout.write(JSON.stringify(s, null, 2) + '\n');
+    return;
+  }
+  const lines = [
+    `node      ${s.node} (crowd ${s.version})`,
+    `state     ${s.state}${s.ready ? '' : ' (not ready)'}`,
+    `ingest    ${s.ingest.host}:${s.ingest.port}`,
+    `log       ${s.log.dir}`,
+    `  offsets first ${s.log.first_offset}  last ${s.log.last_offset}  durable ${s.log.durable_offset}`,
+    `  bytes   ${s.log.bytes} of ${s.log.max_bytes}  pending writes ${s.log.pending_writes}`,
+    `targets   ${s.targets.length === 0 ? '(none)' : ''}`,
+    ...s.targets.map((t) => `  ${t.name.padEnd(20)} offset ${t.offset}  lag ${t.lag}  ${t.state}`),
+    `peers     ${s.peers.length === 0 ? '(none)' : ''}`,
+    ...s.peers.map((p) => `  ${p.url}  ${p.state}`),
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+}

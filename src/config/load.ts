@@ -1,0 +1,272 @@
+/**
+ * Finds, parses and validates the configuration. Every problem is collected with its key
+ * path, so `crowd check` reports all of them at once; the result is deep-frozen.
+ *
+ * Lookup order: the -c flag, then CROWD_CONFIG, then ./crowd.toml, then the built-in defaults.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { extname, resolve } from 'node:path';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { CrowdError } from '../errors';
+import { overlapsReserved } from '../http/routes';
+import { SCHEMA, type Config, type Spec } from './schema';
+import { describe, parseDurationMs, parseSizeBytes } from './units';
+
+export interface ConfigProblem {
+  /** Key path such as `routes[0].path`, or `line 3` for a syntax error. */
+  readonly where: string;
+  readonly problem: string;
+}
+
+export class ConfigError extends CrowdError {
+  readonly file: string;
+  readonly problems: readonly ConfigProblem[];
+  constructor(file: string, problems: readonly ConfigProblem[]) {
+    super('CROWD_ERR_CONFIG', problems.map((p) => formatProblem(file, p)).join('\n'));
+    this.file = file;
+    this.problems = problems;
+  }
+}
+
+/** The one-line form `crowd check` prints: `crowd: config error: <file>: <key.path>: <problem>`. */
+export function formatProblem(file: string, p: ConfigProblem): string {
+  return `crowd: config error: ${file}: ${p.where}: ${p.problem}`;
+}
+
+export const DEFAULTS_NAME = '(built-in defaults)';
+
+/** Returns the config file to use, or null for the built-in defaults. */
+export function findConfigFile(flag: string | undefined, env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): string | null {
+  if (flag) return flag;
+  if (env.CROWD_CONFIG) return env.CROWD_CONFIG;
+  const local = resolve(cwd, 'crowd.toml');
+  return existsSync(local) ? 'crowd.toml' : null;
+}
+
+export interface LoadedConfig {
+  readonly file: string;
+  readonly config: Config;
+}
+
+export function loadConfig(flag?: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  const file = findConfigFile(flag, env);
+  if (file === null) return { file: DEFAULTS_NAME, config: validateConfig({}, DEFAULTS_NAME) };
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new ConfigError(file, [{ where: 'file', problem: `cannot read the file (${code})` }]);
+  }
+  return { file, config: parseConfigText(text, file) };
+}
+
+/** Parses TOML or JSON (chosen by the file extension) and validates it. */
+export function parseConfigText(text: string, file: string): Config {
+  const ext = extname(file).toLowerCase();
+  let raw: unknown;
+  if (ext === '.toml') {
+    try {
+      raw = parseToml(text);
+    } catch (err) {
+      const e = err as TomlError;
+      const where = typeof e.line === 'number' ? `line ${e.line}, column ${e.column}` : 'file';
+      const first = String(e.message).split('\n')[0];
+      throw new ConfigError(file, [{ where, problem: `not valid TOML: ${first}` }]);
+    }
+  } else if (ext === '.json') {
+    try {
+      raw = JSON.parse(text);
+    } catch (err) {
+      throw new ConfigError(file, [{ where: 'file', problem: `not valid JSON: ${(err as Error).message}` }]);
+    }
+  } else {
+    throw new ConfigError(file, [{ where: 'file', problem: `unknown config format "${ext || '(none)'}": use a .toml or .json file` }]);
+  }
+  return validateConfig(raw, file);
+}
+
+export function validateConfig(raw: unknown, file: string): Config {
+  const problems: ConfigProblem[] = [];
+  const out = checkTable(raw, SCHEMA, '', problems) as Record<string, unknown>;
+  if (problems.length === 0) crossCheck(out as unknown as Config, problems);
+  if (problems.length > 0) throw new ConfigError(file, problems);
+  const config = out as unknown as Config & { log: { dir: string } };
+  (config.log as { dir: string }).dir = resolve(config.log.dir);
+  return deepFreeze(config);
+}
+
+function join(path: string, key: string): string {
+  return path === '' ? key : `${path}.${key}`;
+}
+
+function checkTable(raw: unknown, fields: Record<string, Spec>, path: string, problems: ConfigProblem[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  if (raw === undefined) raw = {};
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    problems.push({ where: path || 'file', problem: `expected a table, got ${describe(raw)}` });
+    return out;
+  }
+  const obj = raw as Record<string, unknown>;
+  for (const key of Object.keys(obj)) {
+    if (!(key in fields)) {
+      const known = Object.keys(fields).join(', ');
+      problems.push({ where: join(path, key), problem: `unknown key (known keys${path ? ` of ${path}` : ''}: ${known})` });
+    }
+  }
+  for (const [key, spec] of Object.entries(fields)) {
+    const value = checkValue(obj[key], spec, join(path, key), problems);
+    if (value !== undefined) out[key] = value;
+  }
+  return out;
+}
+
+function checkValue(raw: unknown, spec: Spec, path: string, problems: ConfigProblem[]): unknown {
+  if (raw === undefined) {
+    switch (spec.kind) {
+      case 'table':
+        return checkTable({}, spec.fields, path, problems);
+      case 'tables':
+        return [];
+      case 'list':
+        return [...spec.default];
+      case 'duration':
+      case 'size':
+        return checkValue(spec.default, spec, path, problems);
+      case 'string':
+        if (spec.default !== undefined) return typeof spec.default === 'function' ? spec.default() : spec.default;
+        if (spec.optional) return undefined;
+        problems.push({ where: path, problem: 'required key is missing' });
+        return undefined;
+      default:
+        if (spec.default !== undefined) return spec.default;
+        problems.push({ where: path, problem: 'required key is missing' });
+        return undefined;
+    }
+  }
+  const bad = (problem: string): undefined => {
+    problems.push({ where: path, problem });
+    return undefined;
+  };
+  switch (spec.kind) {
+    case 'string':
+      if (typeof raw !== 'string') return bad(`expected a string, got ${describe(raw)}`);
+      if (spec.pattern && !spec.pattern.test(raw)) return bad(`"${raw}" is not valid: expected ${spec.hint ?? spec.pattern}`);
+      return raw;
+    case 'number': {
+      if (typeof raw !== 'number' || !Number.isFinite(raw)) return bad(`expected a number, got ${describe(raw)}`);
+      if (spec.integer && !Number.isInteger(raw)) return bad(`expected a whole number, got ${raw}`);
+      if (raw < spec.min || raw > spec.max) return bad(`${raw} is out of range (${spec.min} to ${spec.max})`);
+      return raw;
+    }
+    case 'enum':
+      if (!spec.values.includes(raw as string | number)) {
+        return bad(`${describe(raw)} is not one of ${spec.values.map((v) => JSON.stringify(v)).join(', ')}`);
+      }
+      return raw;
+    case 'duration': {
+      const r = parseDurationMs(raw);
+      if (!r.ok) return bad(r.problem);
+      if (spec.min_ms !== undefined && r.value < spec.min_ms) return bad(`${JSON.stringify(raw)} is below the minimum of ${formatDuration(spec.min_ms)}`);
+      if (spec.max_ms !== undefined && r.value > spec.max_ms) return bad(`${JSON.stringify(raw)} is above the maximum of ${formatDuration(spec.max_ms)}`);
+      return r.value;
+    }
+    case 'size': {
+      const r = parseSizeBytes(raw);
+      if (!r.ok) return bad(r.problem);
+      if (spec.min_bytes !== undefined && r.value < spec.min_bytes) return bad(`${JSON.stringify(raw)} is below the minimum of ${spec.min_bytes} bytes`);
+      if (spec.max_bytes !== undefined && r.value > spec.max_bytes) return bad(`${JSON.stringify(raw)} is above the maximum of ${spec.max_bytes} bytes`);
+      return r.value;
+    }
+    case 'list': {
+      if (!Array.isArray(raw)) return bad(`expected an array, got ${describe(raw)}`);
+      if (raw.length > spec.max_items) return bad(`at most ${spec.max_items} items, got ${raw.length}`);
+      return raw.map((item, i) => checkValue(item, spec.of, `${path}[${i}]`, problems));
+    }
+    case 'table':
+      return checkTable(raw, spec.fields, path, problems);
+    case 'tables': {
+      if (!Array.isArray(raw)) return bad(`expected an array of tables, got ${describe(raw)}`);
+      if (raw.length > spec.max_items) return bad(`at most ${spec.max_items} entries, got ${raw.length}`);
+      return raw.map((item, i) => checkTable(item, spec.fields, `${path}[${i}]`, problems));
+    }
+  }
+}
+
+const RESERVED_PATHS = ['/healthz', '/_crowd'];
+
+/** Rules that span keys: unique names, known targets, reserved paths. */
+function crossCheck(c: Config, problems: ConfigProblem[]): void {
+  const targetNames = new Set<string>();
+  c.targets.forEach((t, i) => {
+    if (targetNames.has(t.name)) problems.push({ where: `targets[${i}].name`, problem: `duplicate target name "${t.name}"` });
+    targetNames.add(t.name);
+    if (t.type === 'http' && !/^https?:\/\//.test(t.url)) problems.push({ where: `targets[${i}].url`, problem: `an http target needs an http:// or https:// URL, got "${t.url}"` });
+    if (t.retry.base > t.retry.max) problems.push({ where: `targets[${i}].retry.base`, problem: 'must not be larger than retry.max' });
+  });
+  const routeNames = new Set<string>();
+  const paths = new Map<string, number>();
+  c.routes.forEach((r, i) => {
+    if (routeNames.has(r.name)) problems.push({ where: `routes[${i}].name`, problem: `duplicate route name "${r.name}"` });
+    routeNames.add(r.name);
+    const other = paths.get(r.path);
+    if (other !== undefined) problems.push({ where: `routes[${i}].path`, problem: `"${r.path}" is already used by routes[${other}]` });
+    paths.set(r.path, i);
+    const reserved = RESERVED_PATHS.find((p) => overlapsReserved(r.path, p));
+    if (reserved) problems.push({ where: `routes[${i}].path`, problem: `"${r.path}" overlaps "${reserved}", which crowd reserves for itself` });
+    if (r.methods.length === 0) problems.push({ where: `routes[${i}].methods`, problem: 'needs at least one method' });
+    if (new Set(r.methods).size !== r.methods.length) problems.push({ where: `routes[${i}].methods`, problem: 'lists a method twice' });
+    r.targets.forEach((t, j) => {
+      if (!targetNames.has(t)) problems.push({ where: `routes[${i}].targets[${j}]`, problem: `no target is named "${t}"` });
+    });
+  });
+  if (c.cluster.ack === 'quorum' && c.cluster.peers.length === 0) {
+    problems.push({ where: 'cluster.ack', problem: '"quorum" needs at least one entry in cluster.peers' });
+  }
+  if (c.server.port !== 0 && c.server.port === c.admin.port && c.server.host === c.admin.host) {
+    problems.push({ where: 'admin.port', problem: `${c.admin.port} is also server.port` });
+  }
+}
+
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+/** The resolved config as the user would write it: durations back as strings, tokens hidden. */
+export function displayConfig(config: Config): unknown {
+  const walk = (value: unknown, spec: Spec): unknown => {
+    if (value === undefined) return undefined;
+    switch (spec.kind) {
+      case 'duration':
+        return formatDuration(value as number);
+      case 'table':
+        return walkTable(value as Record<string, unknown>, spec.fields);
+      case 'tables':
+        return (value as Record<string, unknown>[]).map((v) => walkTable(v, spec.fields));
+      case 'string':
+        return spec.optional && /token/.test(spec.doc) ? '(set)' : value;
+      default:
+        return value;
+    }
+  };
+  const walkTable = (obj: Record<string, unknown>, fields: Record<string, Spec>): Record<string, unknown> => {
+    const out: Record<string, unknown> = {};
+    for (const [k, spec] of Object.entries(fields)) {
+      const v = walk(obj[k], spec);
+      if (v !== undefined) out[k] = v;
+    }
+    return out;
+  };
+  return walkTable(config as unknown as Record<string, unknown>, SCHEMA);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}

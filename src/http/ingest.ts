@@ -1,0 +1,216 @@
+/**
+ * The ingest server (uWebSockets.js). Owns routing, body limits, auth and answers; hands
+ * complete requests to the log and answers only when the log says the entry is flushed.
+ *
+ * uWS rules kept here: onAborted is attached before anything asynchronous; headers, URL and
+ * remote address are read synchronously in the handler; onData chunks are copied (their
+ * ArrayBuffer is neutered after the callback); writes after the handler returned happen
+ * inside res.cork(); `res` is never touched after it was aborted or ended.
+ */
+import type { Config, RouteConfig } from '../config/schema';
+import type { Log, Refusal } from '../log/log';
+import { newId } from '../log/ids';
+import type { Metrics } from '../observability/metrics';
+import type { Logger } from '../observability/logger';
+import { bearerMatches } from './auth';
+import { Router } from './routes';
+import { STATUS_LINE, errorBody, okBody } from './responses';
+import { listen, type HttpResponse, type TemplatedApp, type Uws, type us_listen_socket } from './uws';
+
+/** Headers not stored: hop-by-hop ones, framing that the stored body makes moot, and `expect`. */
+const DROPPED_HEADERS = new Set(['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length', 'expect']);
+
+const REFUSAL_TEXT: Record<Refusal, string> = {
+  pending_writes: 'too many requests waiting for the disk; retry later',
+  max_bytes: 'the log is over log.max_bytes; retry later',
+  failed: 'the log failed; this node is stopping',
+  closed: 'this node is shutting down',
+};
+
+interface Pending {
+  aborted: boolean;
+  answered: boolean;
+}
+
+export interface IngestDeps {
+  readonly uws: Uws;
+  readonly config: Config;
+  readonly log: Log;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+}
+
+export class IngestServer {
+  private readonly deps: IngestDeps;
+  private readonly app: TemplatedApp;
+  private readonly router: Router;
+  private readonly ackLine: string;
+  private readonly retryAfter: string;
+  private listenSocket: us_listen_socket | null = null;
+  private draining = false;
+  /** Requests whose handler ran and that are not answered or aborted yet. */
+  private open = 0;
+  port = 0;
+
+  constructor(deps: IngestDeps) {
+    this.deps = deps;
+    this.router = new Router(deps.config.routes);
+    this.ackLine = STATUS_LINE[deps.config.server.ack_status]!;
+    this.retryAfter = String(Math.ceil(deps.config.server.retry_after / 1000));
+    this.app = deps.uws.App();
+    this.app.any('/*', (res, req) => this.handle(res, req.getCaseSensitiveMethod(), req.getUrl(), req));
+  }
+
+  async start(): Promise<number> {
+    const { host, port } = this.deps.config.server;
+    const l = await listen(this.deps.uws, this.app, host, port);
+    this.listenSocket = l.socket;
+    this.port = l.port;
+    return l.port;
+  }
+
+  /** Stops accepting: the listen socket closes, requests on open connections get 503 and close. */
+  stopAccepting(): void {
+    this.draining = true;
+    if (this.listenSocket) {
+      this.deps.uws.us_listen_socket_close(this.listenSocket);
+      this.listenSocket = null;
+    }
+  }
+
+  openRequests(): number {
+    return this.open;
+  }
+
+  accepting(): boolean {
+    return !this.draining && this.deps.log.refusal() === null;
+  }
+
+  private handle(res: HttpResponse, method: string, url: string, req: { getHeader(k: string): string; getQuery(): string; forEach(cb: (k: string, v: string) => void): void }): void {
+    const { config } = this.deps;
+    if (url === '/healthz') {
+      const ok = !this.draining && this.deps.log.refusal() === null;
+      this.drainThen(res, 0, () => this.reply(res, ok ? 200 : 503, ok ? '{"status":"OK"}' : errorBody('not accepting requests'), 'healthz'));
+      return;
+    }
+    const route = url.startsWith('/_crowd/') ? null : this.router.match(url);
+    if (route === null) {
+      this.drainThen(res, config.server.max_body_bytes, () => this.reply(res, 404, errorBody(`no route for path ${url}`), 'none'));
+      return;
+    }
+    if (!route.methods.includes(method as RouteConfig['methods'][number])) {
+      const allow = route.methods.join(', ');
+      this.drainThen(res, config.server.max_body_bytes, () => this.reply(res, 405, errorBody(`method ${method} is not allowed on ${url}; allowed: ${allow}`), route.name, ['Allow', allow]));
+      return;
+    }
+    if (route.token !== undefined && !bearerMatches(req.getHeader('authorization'), route.token)) {
+      this.drainThen(res, config.server.max_body_bytes, () =>
+        this.reply(res, 401, errorBody(`missing or wrong bearer token for route ${route.name}`), route.name, ['WWW-Authenticate', `Bearer realm="${route.name}"`]),
+      );
+      return;
+    }
+    const max = config.server.max_body_bytes;
+    const declared = req.getHeader('content-length');
+    if (declared !== '' && Number(declared) > max) {
+      this.reply(res, 413, errorBody(`body of ${declared} bytes is larger than server.max_body_bytes (${max})`), route.name, undefined, true);
+      return;
+    }
+    const headers: [string, string][] = [];
+    const dropAuth = route.token !== undefined;
+    req.forEach((k, v) => {
+      if (DROPPED_HEADERS.has(k) || k.startsWith('proxy-') || (dropAuth && k === 'authorization')) return;
+      headers.push([k, v]);
+    });
+    const query = req.getQuery() ?? '';
+    const remote = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
+    const state: Pending = { aborted: false, answered: false };
+    this.open++;
+    res.onAborted(() => {
+      state.aborted = true;
+      if (!state.answered) this.open--;
+    });
+    const chunks: Buffer[] = [];
+    let size = 0;
+    res.onData((chunk, isLast) => {
+      if (state.answered) return;
+      size += chunk.byteLength;
+      if (size > max) {
+        this.finish(state);
+        this.reply(res, 413, errorBody(`body is larger than server.max_body_bytes (${max})`), route.name, undefined, true);
+        return;
+      }
+      if (!isLast) {
+        chunks.push(Buffer.from(new Uint8Array(chunk)));
+        return;
+      }
+      // The last chunk is used in place: the envelope is encoded before this callback returns.
+      const last = Buffer.from(chunk);
+      const body = chunks.length === 0 ? last : Buffer.concat([...chunks, last], size);
+      this.store(res, state, route, method, url, query, headers, remote, body);
+    });
+  }
+
+  private store(res: HttpResponse, state: Pending, route: RouteConfig, method: string, path: string, query: string, headers: [string, string][], remote: string, body: Buffer): void {
+    const { log, metrics } = this.deps;
+    const refusal = this.draining ? 'closed' : log.refusal();
+    if (refusal !== null) {
+      this.finish(state);
+      this.reply(res, 503, errorBody(REFUSAL_TEXT[refusal]), route.name, ['Retry-After', this.retryAfter], this.draining);
+      return;
+    }
+    const receivedAt = Date.now();
+    const id = newId(receivedAt);
+    const started = performance.now();
+    log.append({ id, received_at: receivedAt, route: route.name, method, path, query, headers, remote, body }, (err) => {
+      metrics.appendSeconds.observe((performance.now() - started) / 1000);
+      this.finish(state);
+      if (state.aborted) return;
+      if (err) {
+        this.reply(res, 503, errorBody(REFUSAL_TEXT.failed), route.name, ['Retry-After', this.retryAfter], true);
+        return;
+      }
+      metrics.ingest(route.name, this.deps.config.server.ack_status);
+      res.cork(() => {
+        res.writeStatus(this.ackLine).writeHeader('Content-Type', 'application/json').writeHeader('Crowd-Id', id).end(okBody(id), this.draining);
+      });
+    });
+  }
+
+  private finish(state: Pending): void {
+    if (!state.answered && !state.aborted) this.open--;
+    state.answered = true;
+  }
+
+  /** Reads and discards a body (up to `max` bytes, else 413) before answering, so keep-alive survives. */
+  private drainThen(res: HttpResponse, max: number, answer: () => void): void {
+    const state: Pending = { aborted: false, answered: false };
+    this.open++;
+    res.onAborted(() => {
+      state.aborted = true;
+      if (!state.answered) this.open--;
+    });
+    let size = 0;
+    res.onData((chunk, isLast) => {
+      if (state.answered) return;
+      size += chunk.byteLength;
+      if (size > max) {
+        this.finish(state);
+        this.reply(res, 413, errorBody(`body is larger than ${max} bytes`), 'none', undefined, true);
+        return;
+      }
+      if (isLast) {
+        this.finish(state);
+        answer();
+      }
+    });
+  }
+
+  private reply(res: HttpResponse, code: number, body: string, route: string, header?: [string, string], close = false): void {
+    if (route !== 'healthz') this.deps.metrics.ingest(route, code);
+    res.cork(() => {
+      res.writeStatus(STATUS_LINE[code]!).writeHeader('Content-Type', 'application/json');
+      if (header) res.writeHeader(header[0], header[1]);
+      res.end(body, close || this.draining);
+    });
+  }
+}

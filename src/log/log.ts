@@ -1,0 +1,345 @@
+/**
+ * The write-ahead log: one LMDB environment in `log.dir`.
+ *
+ * Guarantees:
+ * - `append` hands its callback success only after the transaction holding the entry has
+ *   been committed and fdatasync'ed (the commit promise and its `flushed` promise).
+ * - All appends of one event-loop turn share one transaction (lmdb-js event-turn batching):
+ *   group commit, one fsync for many requests.
+ * - Offsets are integers from 1 below 2^53, strictly increasing, never reused (the next
+ *   offset survives retention through the meta record `offset_floor`).
+ * - Readers (`read`, consumers, peers) never pass the durable watermark: entries become
+ *   visible in LMDB before they are flushed.
+ * - A failed commit poisons the log: every waiting and later append fails, and the owner
+ *   must crash-stop (never retry and then acknowledge).
+ *
+ * Sub-databases: `entries` (offset -> envelope bytes), `consumers` (target -> offset),
+ * `meta` (stats, offset floor) so that moving offsets and writing records is one transaction.
+ */
+import { strict as assert } from 'node:assert';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { open, type Database, type RootDatabase } from 'lmdb';
+import { CrowdError } from '../errors';
+import { decodeEnvelope, encodeEnvelope, type Envelope } from './codec';
+
+export interface LogOptions {
+  readonly dir: string;
+  /** Appends accepted but not yet flushed; `canAppend` says no past it. */
+  readonly maxPendingWrites: number;
+  /** Bytes of envelopes held; `canAppend` says no past it. */
+  readonly maxBytes: number;
+  /** Entries every consumer passed stay this long. */
+  readonly retentionMs: number;
+  /** Consumers whose offsets bound retention; none means nothing is removed. */
+  readonly consumers: readonly string[];
+  readonly readOnly?: boolean;
+  readonly now?: () => number;
+}
+
+export type AppendCallback = (err: Error | null) => void;
+export type Refusal = 'pending_writes' | 'max_bytes' | 'failed' | 'closed';
+
+export interface LogStats {
+  readonly first_offset: number;
+  readonly last_offset: number;
+  readonly durable_offset: number;
+  readonly bytes: number;
+  readonly pending_writes: number;
+}
+
+interface Batch {
+  readonly promise: Promise<unknown>;
+  readonly waiters: AppendCallback[];
+  lastOffset: number;
+  bytes: number;
+  settled: boolean;
+  readonly started: number;
+}
+
+interface StoredStats {
+  /** Sum of envelope sizes of the live entries with offset <= through_offset. */
+  bytes: number;
+  through_offset: number;
+}
+
+/** Entries removed per retention transaction: keeps each write transaction small. */
+export const RETENTION_CHUNK = 10_000;
+/** lmdb map size: a ceiling on the data file; the file is sparse, so this costs address space only. */
+const MIN_MAP_SIZE = 64 * 1024 ** 3;
+
+export class Log {
+  readonly dir: string;
+  private readonly env: RootDatabase;
+  private readonly entries: Database<Buffer, number>;
+  private readonly consumersDb: Database<number, string>;
+  private readonly meta: Database<unknown, string>;
+  private readonly opts: LogOptions;
+  private readonly now: () => number;
+
+  private nextOffset = 1;
+  private durable = 0;
+  private bytesDurable = 0;
+  private bytesPending = 0;
+  private pending = 0;
+  private batch: Batch | null = null;
+  /** Batches in append order whose waiters have not been answered yet. */
+  private readonly unsettled: Batch[] = [];
+  private failure: Error | null = null;
+  private closed = false;
+  private readonly fatalListeners: ((err: Error) => void)[] = [];
+  private readonly batchListeners: ((count: number, seconds: number) => void)[] = [];
+
+  private constructor(opts: LogOptions) {
+    this.opts = opts;
+    this.now = opts.now ?? Date.now;
+    this.dir = opts.dir;
+    if (!opts.readOnly) mkdirSync(opts.dir, { recursive: true });
+    // Every durability-relevant option is spelled out. Never noSync, noMetaSync, mapAsync
+    // or useWritemap: each can lose or corrupt acknowledged data.
+    const options = {
+      path: join(opts.dir, 'crowd.mdb'),
+      readOnly: opts.readOnly ?? false,
+      mapSize: Math.max(MIN_MAP_SIZE, 4 * opts.maxBytes),
+      maxDbs: 8,
+      overlappingSync: true, // the next transaction is built while this one syncs
+      separateFlushed: true, // each commit promise carries the promise of its own fdatasync
+      eventTurnBatching: true, // one transaction per event-loop turn: group commit
+      commitDelay: 0,
+      noSync: false,
+      noMetaSync: false,
+      mapAsync: false,
+      useWritemap: false,
+      encoding: 'binary' as const,
+      cache: false,
+      compression: false,
+    };
+    this.env = open(options);
+    this.entries = this.env.openDB<Buffer, number>({ name: 'entries', encoding: 'binary', keyEncoding: 'ordered-binary', cache: false, compression: false });
+    this.consumersDb = this.env.openDB<number, string>({ name: 'consumers', encoding: 'json', cache: false });
+    this.meta = this.env.openDB<unknown, string>({ name: 'meta', encoding: 'json', cache: false });
+  }
+
+  /**
+   * Opens the log and makes everything already in it durable (one flushed transaction):
+   * after kill -9 LMDB may hold committed but unflushed entries from before the crash.
+   */
+  static async open(opts: LogOptions): Promise<Log> {
+    const log = new Log(opts);
+    const last = log.lastKey();
+    const floor = (log.meta.get('offset_floor') as number | undefined) ?? 1;
+    log.nextOffset = Math.max(last + 1, floor);
+    if (!opts.readOnly) {
+      await log.meta.put('opened_at', log.now());
+      await log.meta.flushed;
+    }
+    log.durable = last;
+    if (!opts.readOnly) log.bytesDurable = log.countBytes();
+    return log;
+  }
+
+  /** Why an append would be refused right now, or null when it would be taken. */
+  refusal(): Refusal | null {
+    if (this.failure) return 'failed';
+    if (this.closed) return 'closed';
+    if (this.pending >= this.opts.maxPendingWrites) return 'pending_writes';
+    if (this.bytesDurable + this.bytesPending >= this.opts.maxBytes) return 'max_bytes';
+    return null;
+  }
+
+  /**
+   * Assigns the next offset, encodes the envelope and queues it in the current event turn's
+   * transaction. `done(null)` runs once that transaction is flushed; `done(err)` if it failed.
+   * The caller must have checked `refusal()` in the same turn.
+   */
+  append(entry: Omit<Envelope, 'offset'>, done: AppendCallback): number {
+    if (this.failure || this.closed) throw new CrowdError('CROWD_ERR_LOG_CLOSED', `log ${this.dir} no longer accepts appends`);
+    const offset = this.nextOffset;
+    if (!Number.isSafeInteger(offset + 1)) throw new CrowdError('CROWD_ERR_LOG_OFFSET', `offset ${offset} reached 2^53`);
+    const bytes = encodeEnvelope({ ...entry, offset });
+    const promise = this.entries.put(offset, bytes) as Promise<unknown>;
+    this.nextOffset = offset + 1;
+    this.pending++;
+    this.bytesPending += bytes.length;
+    let b = this.batch;
+    if (b === null || b.promise !== promise) {
+      b = { promise, waiters: [], lastOffset: offset, bytes: 0, settled: false, started: performance.now() };
+      this.batch = b;
+      this.watch(b);
+    }
+    b.waiters.push(done);
+    b.lastOffset = offset;
+    b.bytes += bytes.length;
+    return offset;
+  }
+
+  /**
+   * Marks the batch settled when its commit and its fdatasync resolved, then releases
+   * settled batches strictly in append order: an ack never overtakes an earlier request's
+   * flush, whatever order lmdb-js settles its promises in.
+   */
+  private watch(b: Batch): void {
+    const flushed = (b.promise as Promise<unknown> & { flushed?: Promise<unknown> }).flushed;
+    this.unsettled.push(b);
+    b.promise
+      .then(() => flushed)
+      .then(
+        () => {
+          b.settled = true;
+          this.release();
+        },
+        (err: unknown) => {
+          b.settled = true;
+          const first = this.failure === null;
+          if (first) {
+            this.failure = new CrowdError('CROWD_ERR_LOG_COMMIT', `commit to ${this.dir} failed: ${(err as Error)?.message ?? err}`, { cause: err });
+          }
+          this.release();
+          if (first) for (const l of this.fatalListeners) l(this.failure!);
+        },
+      );
+  }
+
+  private release(): void {
+    while (this.unsettled.length > 0 && this.unsettled[0]!.settled) {
+      const b = this.unsettled.shift()!;
+      if (this.batch === b) this.batch = null;
+      this.pending -= b.waiters.length;
+      this.bytesPending -= b.bytes;
+      if (this.failure) {
+        for (const w of b.waiters) w(this.failure);
+        continue;
+      }
+      assert(b.lastOffset > this.durable, `durable watermark would move back from ${this.durable} to ${b.lastOffset}`);
+      this.durable = b.lastOffset;
+      this.bytesDurable += b.bytes;
+      const seconds = (performance.now() - b.started) / 1000;
+      for (const l of this.batchListeners) l(b.waiters.length, seconds);
+      for (const w of b.waiters) w(null);
+    }
+  }
+
+  /** Called once when a commit fails; the owner must answer 503 and exit non-zero. */
+  onFatal(listener: (err: Error) => void): void {
+    this.fatalListeners.push(listener);
+  }
+
+  /** Called after each flushed transaction with its request count and commit+flush seconds. */
+  onBatch(listener: (count: number, seconds: number) => void): void {
+    this.batchListeners.push(listener);
+  }
+
+  /** The highest offset whose transaction has been flushed; readers stop here. */
+  durableOffset(): number {
+    return this.durable;
+  }
+
+  stats(): LogStats {
+    return {
+      first_offset: this.firstKey(),
+      last_offset: this.nextOffset - 1,
+      durable_offset: this.durable,
+      bytes: this.bytesDurable + this.bytesPending,
+      pending_writes: this.pending,
+    };
+  }
+
+  /**
+   * Up to `limit` envelopes with offset >= from, never past the durable watermark
+   * (or past `through`, when given and lower).
+   */
+  read(from: number, limit: number, through: number = this.durable): Envelope[] {
+    const end = Math.min(through, this.durable);
+    const out: Envelope[] = [];
+    if (from > end) return out;
+    for (const { value } of this.entries.getRange({ start: from, end: end + 1, limit })) {
+      out.push(decodeEnvelope(value));
+    }
+    return out;
+  }
+
+  /** For read-only openers (`crowd tail` beside a running server): the last visible offset. */
+  refreshVisible(): number {
+    this.env.resetReadTxn();
+    this.durable = this.lastKey();
+    return this.durable;
+  }
+
+  consumerOffset(target: string): number {
+    return this.consumersDb.get(target) ?? 0;
+  }
+
+  /** Records that `target` has finished every entry up to `offset`. */
+  async commitOffset(target: string, offset: number): Promise<void> {
+    if (offset > this.durable) throw new CrowdError('CROWD_ERR_LOG_OFFSET', `consumer ${target} cannot pass the durable offset ${this.durable} (asked ${offset})`);
+    await this.consumersDb.put(target, offset);
+  }
+
+  /**
+   * Removes entries that every consumer has passed and that are older than the retention.
+   * No consumer configured: nothing is removed. Returns the number of entries removed.
+   */
+  async applyRetention(): Promise<number> {
+    if (this.opts.consumers.length === 0 || this.opts.readOnly) return 0;
+    let passed = Math.min(...this.opts.consumers.map((c) => this.consumerOffset(c)));
+    passed = Math.min(passed, this.durable);
+    const cutoff = this.now() - this.opts.retentionMs;
+    let removed = 0;
+    for (;;) {
+      const keys: number[] = [];
+      let freed = 0;
+      for (const { key, value } of this.entries.getRange({ start: 1, end: passed + 1, limit: RETENTION_CHUNK })) {
+        if (decodeEnvelope(value).received_at > cutoff) break;
+        keys.push(key);
+        freed += value.length;
+      }
+      if (keys.length === 0) return removed;
+      const lastRemoved = keys[keys.length - 1]!;
+      const bytesAfter = this.bytesDurable - freed;
+      const floor = Math.max((this.meta.get('offset_floor') as number | undefined) ?? 1, lastRemoved + 1);
+      await this.env.transaction(() => {
+        for (const k of keys) this.entries.remove(k);
+        this.meta.put('offset_floor', floor);
+        this.meta.put('stats', { bytes: bytesAfter, through_offset: this.durable } satisfies StoredStats);
+      });
+      this.bytesDurable -= freed;
+      removed += keys.length;
+      if (keys.length < RETENTION_CHUNK) return removed;
+    }
+  }
+
+  /** Persists the byte count so that the next open scans only entries after it. */
+  async saveStats(): Promise<void> {
+    if (this.opts.readOnly || this.failure) return;
+    await this.meta.put('stats', { bytes: this.bytesDurable, through_offset: this.durable } satisfies StoredStats);
+  }
+
+  /** Waits for every queued append to settle, saves stats and closes the environment. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (!this.opts.readOnly && !this.failure) {
+      await this.meta.put('stats', { bytes: this.bytesDurable + this.bytesPending, through_offset: this.nextOffset - 1 } satisfies StoredStats);
+      await this.env.flushed;
+    }
+    await this.env.close();
+  }
+
+  private firstKey(): number {
+    for (const key of this.entries.getKeys({ limit: 1 })) return key;
+    return 0;
+  }
+
+  private lastKey(): number {
+    for (const key of this.entries.getKeys({ reverse: true, limit: 1 })) return key;
+    return 0;
+  }
+
+  private countBytes(): number {
+    const s = this.meta.get('stats') as StoredStats | undefined;
+    let bytes = s?.bytes ?? 0;
+    const from = (s?.through_offset ?? 0) + 1;
+    for (const { value } of this.entries.getRange({ start: from })) bytes += value.length;
+    return bytes;
+  }
+}

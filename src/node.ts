@@ -1,0 +1,181 @@
+/**
+ * Composition root: config -> log -> http (ingest + admin). Owns start and stop; nothing
+ * else reaches across stages.
+ *
+ * Stop (SIGTERM/SIGINT): the listen socket closes and requests on open connections get
+ * 503 + Connection: close; requests already appended are acknowledged once flushed; then
+ * the log closes. A failed commit (crash-stop): waiting requests get 503, the cause is
+ * logged, and `onFatal` tells the owner to exit non-zero.
+ */
+import type { Config } from './config/schema';
+import { AdminServer } from './http/admin';
+import { IngestServer } from './http/ingest';
+import { loadNativeUws } from './http/uws';
+import { Log } from './log/log';
+import type { Logger } from './observability/logger';
+import { Metrics } from './observability/metrics';
+import { VERSION } from './version';
+
+/** Longest wait for open requests and pending commits at shutdown. */
+export const SHUTDOWN_GRACE_MS = 10_000;
+/** Retention and stats persistence run this often (at most). */
+export const HOUSEKEEPING_INTERVAL_MS = 5_000;
+
+export type NodeState = 'starting' | 'ready' | 'draining' | 'stopped' | 'failed';
+
+export interface NodeOptions {
+  readonly config: Config;
+  readonly configFile: string;
+  readonly logger: Logger;
+  /** Called once after a storage failure; the owner must exit non-zero. */
+  readonly onFatal: (err: Error) => void;
+}
+
+export class CrowdNode {
+  state: NodeState = 'starting';
+  private readonly opts: NodeOptions;
+  private readonly metrics: Metrics;
+  private readonly admin: AdminServer;
+  private log: Log | null = null;
+  private ingest: IngestServer | null = null;
+  private housekeeping: NodeJS.Timeout | null = null;
+  private housekeepingRunning = false;
+
+  private constructor(opts: NodeOptions) {
+    this.opts = opts;
+    const { config } = opts;
+    const uws = loadNativeUws();
+    this.metrics = new Metrics({
+      log: () => this.log?.stats() ?? null,
+      lag: () => this.lag(),
+      maxBytes: config.log.max_bytes,
+    });
+    this.admin = new AdminServer({
+      uws,
+      config,
+      metrics: this.metrics,
+      status: () => this.status(),
+      notReady: () => this.notReady(),
+    });
+  }
+
+  static async start(opts: NodeOptions): Promise<CrowdNode> {
+    const node = new CrowdNode(opts);
+    await node.run();
+    return node;
+  }
+
+  private async run(): Promise<void> {
+    const { config, logger } = this.opts;
+    const adminPort = await this.admin.start();
+    const log = await Log.open({
+      dir: config.log.dir,
+      maxPendingWrites: config.log.max_pending_writes,
+      maxBytes: config.log.max_bytes,
+      retentionMs: config.log.retention,
+      consumers: config.targets.map((t) => t.name),
+    });
+    this.log = log;
+    log.onBatch((count, seconds) => {
+      this.metrics.commitBatchSize.observe(count);
+      this.metrics.commitSeconds.observe(seconds);
+    });
+    log.onFatal((err) => this.fatal(err));
+    const ingest = new IngestServer({ uws: loadNativeUws(), config, log, metrics: this.metrics, logger });
+    this.ingest = ingest;
+    const port = await ingest.start();
+    this.housekeeping = setInterval(() => void this.houseKeep(), Math.min(HOUSEKEEPING_INTERVAL_MS, Math.max(1000, config.log.retention)));
+    this.housekeeping.unref();
+    this.state = 'ready';
+    const s = log.stats();
+    if (config.routes.length === 0) logger.warn('no routes configured: every request gets 404');
+    logger.info(
+      { event: 'listening', version: VERSION, config: this.opts.configFile, host: config.server.host, port, admin_host: config.admin.host, admin_port: adminPort, log_dir: config.log.dir, first_offset: s.first_offset, last_offset: s.last_offset },
+      `crowd ${VERSION} listening on ${config.server.host}:${port}, admin on ${config.admin.host}:${adminPort}`,
+    );
+  }
+
+  private async houseKeep(): Promise<void> {
+    const log = this.log;
+    if (!log || this.housekeepingRunning || this.state !== 'ready') return;
+    this.housekeepingRunning = true;
+    try {
+      const removed = await log.applyRetention();
+      if (removed > 0) {
+        this.metrics.retentionRemoved.inc(removed);
+        this.opts.logger.info({ event: 'retention', removed }, `retention removed ${removed} entries`);
+      }
+      await log.saveStats();
+    } catch (err) {
+      this.opts.logger.error({ event: 'housekeeping_failed', err }, `housekeeping failed: ${(err as Error).message}`);
+    } finally {
+      this.housekeepingRunning = false;
+    }
+  }
+
+  private fatal(err: Error): void {
+    if (this.state === 'failed') return;
+    this.state = 'failed';
+    this.ingest?.stopAccepting();
+    this.opts.logger.fatal({ event: 'log_failed', err }, `${err.message}: stopping; acknowledged requests are safe, unacknowledged ones got 503`);
+    this.opts.onFatal(err);
+  }
+
+  /** Stops accepting, waits (bounded) for open requests and pending commits, closes the log. */
+  async stop(signal: string): Promise<void> {
+    if (this.state === 'stopped' || this.state === 'draining') return;
+    const { logger } = this.opts;
+    this.state = 'draining';
+    logger.info({ event: 'stopping', signal }, `${signal}: stopping; new requests get 503`);
+    this.ingest?.stopAccepting();
+    if (this.housekeeping) clearInterval(this.housekeeping);
+    const deadline = Date.now() + SHUTDOWN_GRACE_MS;
+    while (Date.now() < deadline && ((this.ingest?.openRequests() ?? 0) > 0 || (this.log?.stats().pending_writes ?? 0) > 0)) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const open = this.ingest?.openRequests() ?? 0;
+    if (open > 0) logger.warn({ event: 'stop_timeout', open_requests: open }, `${open} requests still open after ${SHUTDOWN_GRACE_MS} ms; their connections close`);
+    // Let the last acknowledgements leave the socket buffers before the process exits.
+    await new Promise((r) => setImmediate(r));
+    await this.log?.close();
+    this.admin.stop();
+    this.state = 'stopped';
+    const s = this.log?.stats();
+    logger.info({ event: 'stopped', last_offset: s?.last_offset }, 'stopped');
+  }
+
+  private notReady(): string | null {
+    if (this.state !== 'ready') return this.state;
+    const refusal = this.log?.refusal();
+    if (refusal === 'max_bytes') return 'over log.max_bytes';
+    if (refusal) return refusal;
+    return null;
+  }
+
+  private lag(): { target: string; offset: number; lag: number }[] {
+    const log = this.log;
+    if (!log) return [];
+    const durable = log.durableOffset();
+    return this.opts.config.targets.map((t) => {
+      const offset = log.consumerOffset(t.name);
+      return { target: t.name, offset, lag: Math.max(0, durable - offset) };
+    });
+  }
+
+  status(): unknown {
+    const { config } = this.opts;
+    const s = this.log?.stats();
+    return {
+      node: config.node_id,
+      version: VERSION,
+      state: this.state,
+      ready: this.notReady() === null,
+      ingest: { host: config.server.host, port: this.ingest?.port ?? null },
+      log: s
+        ? { dir: config.log.dir, ...s, max_bytes: config.log.max_bytes, max_pending_writes: config.log.max_pending_writes }
+        : { dir: config.log.dir },
+      targets: this.lag().map((l) => ({ name: l.target, offset: l.offset, lag: l.lag, state: 'not_delivering' })),
+      peers: config.cluster.peers.map((url) => ({ url, state: 'not_replicating' })),
+    };
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * The Prometheus registry. Every name starts with `crowd_`; label sets are bounded
+ * (route and target names come from the config, codes from a fixed set).
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface LogGauges {
+  first_offset: number;
+  last_offset: number;
+  durable_offset: number;
+  bytes: number;
+  pending_writes: number;
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly ingestRequests: Counter<'route' | 'code'>;
+  readonly appendSeconds: Histogram;
+  readonly commitBatchSize: Histogram;
+  readonly commitSeconds: Histogram;
+  readonly retentionRemoved: Counter;
+  private readonly ingestChildren = new Map<string, { inc(): void }>();
+
+  constructor(sources: { log: () => LogGauges | null; lag: () => { target: string; lag: number; offset: number }[]; maxBytes: number }) {
+    const registry = this.registry;
+    collectDefaultMetrics({ register: registry, prefix: 'crowd_process_' });
+    this.ingestRequests = new Counter({
+      name: 'crowd_ingest_requests_total',
+      help: 'Ingest requests answered, by route ("none" when no route matched) and status code.',
+      labelNames: ['route', 'code'],
+      registers: [registry],
+    });
+    this.appendSeconds = new Histogram({
+      name: 'crowd_log_append_seconds',
+      help: 'Time from a request being appended to its transaction being flushed (fdatasync done).',
+      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    });
+    this.commitBatchSize = new Histogram({
+      name: 'crowd_log_commit_batch_size',
+      help: 'Requests per flushed write transaction (group commit).',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096],
+      registers: [registry],
+    });
+    this.commitSeconds = new Histogram({
+      name: 'crowd_log_commit_seconds',
+      help: 'Time from the first append of a write transaction to its flush.',
+      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    });
+    this.retentionRemoved = new Counter({
+      name: 'crowd_log_retention_removed_total',
+      help: 'Entries removed by retention.',
+      registers: [registry],
+    });
+    const logGauge = (name: string, help: string, pick: (g: LogGauges) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: [registry],
+        collect() {
+          const g = sources.log();
+          if (g) this.set(pick(g));
+        },
+      });
+    logGauge('crowd_log_first_offset', 'Lowest offset still in the log (0 when empty).', (g) => g.first_offset);
+    logGauge('crowd_log_last_offset', 'Highest offset appended.', (g) => g.last_offset);
+    logGauge('crowd_log_durable_offset', 'Highest offset flushed; readers stop here.', (g) => g.durable_offset);
+    logGauge('crowd_log_bytes', 'Bytes of envelopes held in the log.', (g) => g.bytes);
+    logGauge('crowd_log_pending_writes', 'Appends waiting for their flush.', (g) => g.pending_writes);
+    new Gauge({ name: 'crowd_log_max_bytes', help: 'Configured log.max_bytes.', registers: [registry] }).set(sources.maxBytes);
+    new Gauge({
+      name: 'crowd_consumer_lag_messages',
+      help: 'Entries past the consumer offset of each target.',
+      labelNames: ['target'],
+      registers: [registry],
+      collect() {
+        for (const l of sources.lag()) this.labels(l.target).set(l.lag);
+      },
+    });
+  }
+
+  ingest(route: string, code: number): void {
+    const key = `${route}\u0000${code}`;
+    let child = this.ingestChildren.get(key);
+    if (!child) {
+      child = this.ingestRequests.labels(route, String(code));
+      this.ingestChildren.set(key, child);
+    }
+    child.inc();
+  }
+}
