@@ -102,7 +102,7 @@ export const SCHEMA: Record<string, Spec> = {
       path: {
         kind: 'string',
         doc: 'Exact path, or a prefix ending in "/*" ("/events/*" matches /events and everything under it).',
-        pattern: /^\/[^\s?#*]*(\/\*)?$/,
+        pattern: /^\/(?:[^\s?#*]*\/)?\*$|^\/[^\s?#*]*$/,
         hint: 'a path starting with "/", optionally ending in "/*", without "?", "#" or other "*"',
       },
       methods: { kind: 'list', doc: 'Accepted methods; others get 405 with Allow.', default: ['POST'], of: { kind: 'enum', doc: 'HTTP method', values: METHODS }, max_items: METHODS.length },

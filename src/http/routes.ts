@@ -28,6 +28,8 @@ export class Router {
 
 /** True when a route's path would capture `reserved` or anything under it. */
 export function overlapsReserved(routePath: string, reserved: string): boolean {
+  const base = routePath.endsWith('/*') ? routePath.slice(0, -2) : routePath;
+  if (base === reserved || base.startsWith(reserved + '/')) return true;
   const router = new Router([{ name: 'x', path: routePath, methods: ['POST'], targets: [] }]);
   return router.match(reserved) !== null || router.match(reserved + '/x') !== null;
 }

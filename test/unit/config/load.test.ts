@@ -1,0 +1,119 @@
+// Ensures the config loader applies defaults, reads TOML and JSON into one schema, and
+// names the file and key path of every problem.
+import t from 'tap';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ConfigError, DEFAULTS_NAME, findConfigFile, formatProblem, loadConfig, parseConfigText } from '../../../src/config/load';
+import { ROOT } from '../../helpers/crowd';
+
+function problems(text: string, file = 'c.toml'): string[] {
+  try {
+    parseConfigText(text, file);
+  } catch (err) {
+    t.ok(err instanceof ConfigError, 'throws ConfigError');
+    t.equal((err as ConfigError).code, 'CROWD_ERR_CONFIG');
+    return (err as ConfigError).problems.map((p) => formatProblem(file, p));
+  }
+  return [];
+}
+
+t.test('defaults for everything but routes and targets', async (t) => {
+  const c = parseConfigText('', 'empty.toml');
+  t.equal(c.server.port, 8080);
+  t.equal(c.server.host, '0.0.0.0');
+  t.equal(c.server.max_body_bytes, 1048576);
+  t.equal(c.server.ack_status, 200);
+  t.equal(c.admin.host, '127.0.0.1');
+  t.equal(c.admin.port, 9090);
+  t.equal(c.log.max_bytes, 8 * 1024 ** 3);
+  t.equal(c.log.retention, 24 * 3600 * 1000);
+  t.equal(c.log.dir, join(process.cwd(), 'data'));
+  t.same(c.routes, []);
+  t.same(c.targets, []);
+  t.equal(c.cluster.ack, 'local');
+  t.ok(c.node_id.length > 0, 'node_id defaults to the hostname');
+  t.ok(Object.isFrozen(c) && Object.isFrozen(c.server), 'deep-frozen');
+});
+
+t.test('TOML and JSON share one schema', async (t) => {
+  const toml = parseConfigText(readFileSync(join(ROOT, 'config/crowd.example.toml'), 'utf8'), 'crowd.example.toml');
+  const json = parseConfigText(readFileSync(join(ROOT, 'config/crowd.example.json'), 'utf8'), 'crowd.example.json');
+  t.same(json, toml, 'the two example configs resolve to the same config');
+  t.equal(toml.routes[0]!.path, '/leads');
+  t.equal(toml.targets[0]!.retry.base, 200);
+  t.equal(toml.targets[0]!.retry.max_age, 72 * 3600 * 1000);
+  t.same(toml.routes[1]!.methods, ['POST', 'PUT']);
+});
+
+t.test('target and route fields get their defaults', async (t) => {
+  const c = parseConfigText('[[targets]]\nname = "a"\nurl = "http://127.0.0.1:1"\n[[routes]]\nname = "r"\npath = "/r"\ntargets = ["a"]\n', 'x.toml');
+  t.same(c.routes[0], { name: 'r', path: '/r', methods: ['POST'], targets: ['a'] });
+  t.equal(c.targets[0]!.type, 'http');
+  t.equal(c.targets[0]!.concurrency, 16);
+  t.equal(c.targets[0]!.timeout, 10_000);
+  t.same(c.targets[0]!.retry, { base: 200, max: 60_000, max_age: 72 * 3600 * 1000 });
+});
+
+t.test('unknown keys are errors, with their key path', async (t) => {
+  const p = problems('colour = 1\n[server]\nprot = 8080\n[[routes]]\nname = "r"\npath = "/r"\nverb = "POST"\n');
+  t.match(p, [/^crowd: config error: c\.toml: colour: unknown key/, /c\.toml: server\.prot: unknown key/, /c\.toml: routes\[0\]\.verb: unknown key/]);
+  t.equal(p.length, 3);
+});
+
+t.test('every problem is reported at once with file and key path', async (t) => {
+  const p = problems(
+    '[server]\nport = "abc"\nmax_body_bytes = "12 parsecs"\nack_status = 204\n[log]\nretention = "5 weeks"\nmax_pending_writes = 999999\n[[routes]]\npath = "leads"\nmethods = ["FETCH"]\n',
+  );
+  t.match(p.join('\n'), /c\.toml: server\.port: expected a number/);
+  t.match(p.join('\n'), /c\.toml: server\.max_body_bytes: "12 parsecs" is not a size/);
+  t.match(p.join('\n'), /c\.toml: server\.ack_status: .* is not one of 200, 201, 202/);
+  t.match(p.join('\n'), /c\.toml: log\.retention: "5 weeks" is not a duration/);
+  t.match(p.join('\n'), /c\.toml: log\.max_pending_writes: 999999 is out of range/);
+  t.match(p.join('\n'), /c\.toml: routes\[0\]\.name: required key is missing/);
+  t.match(p.join('\n'), /c\.toml: routes\[0\]\.path: "leads" is not valid/);
+  t.match(p.join('\n'), /c\.toml: routes\[0\]\.methods\[0\]: .*"FETCH" is not one of/);
+  t.equal(p.length, 8);
+});
+
+t.test('rules across keys', async (t) => {
+  const p = problems(
+    [
+      '[[targets]]\nname = "a"\nurl = "http://x:1"\n[[targets]]\nname = "a"\nurl = "nats://x:1"',
+      '[[routes]]\nname = "r"\npath = "/r"\ntargets = ["nope"]',
+      '[[routes]]\nname = "r"\npath = "/r"',
+      '[[routes]]\nname = "h"\npath = "/healthz"',
+      '[[routes]]\nname = "c"\npath = "/_crowd/*"',
+      '[[routes]]\nname = "all"\npath = "/*"',
+      '[cluster]\nack = "quorum"',
+    ].join('\n'),
+  );
+  const all = p.join('\n');
+  t.match(all, /targets\[1\]\.name: duplicate target name "a"/);
+  t.match(all, /routes\[0\]\.targets\[0\]: no target is named "nope"/);
+  t.match(all, /routes\[1\]\.name: duplicate route name "r"/);
+  t.match(all, /routes\[1\]\.path: "\/r" is already used by routes\[0\]/);
+  t.match(all, /routes\[2\]\.path: "\/healthz" overlaps "\/healthz"/);
+  t.match(all, /routes\[3\]\.path: "\/_crowd\/\*" overlaps "\/_crowd"/);
+  t.match(all, /routes\[4\]\.path: "\/\*" overlaps "\/healthz"/);
+  t.match(all, /cluster\.ack: "quorum" needs at least one entry in cluster\.peers/);
+});
+
+t.test('syntax errors name the file and the line', async (t) => {
+  t.match(problems('[server\nport = 1\n'), [/^crowd: config error: c\.toml: line 1, column \d+: not valid TOML/]);
+  t.match(problems('{"server": {', 'c.json'), [/^crowd: config error: c\.json: file: not valid JSON/]);
+  t.match(problems('[1, 2]', 'c.json'), [/c\.json: file: expected a table, got an array/]);
+  t.match(problems('x', 'c.yaml'), [/c\.yaml: file: unknown config format ".yaml"/]);
+});
+
+t.test('lookup order: flag, CROWD_CONFIG, ./crowd.toml, defaults', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'crowd-cfg-'));
+  t.equal(findConfigFile('a.toml', { CROWD_CONFIG: 'b.toml' }, dir), 'a.toml');
+  t.equal(findConfigFile(undefined, { CROWD_CONFIG: 'b.toml' }, dir), 'b.toml');
+  t.equal(findConfigFile(undefined, {}, dir), null);
+  writeFileSync(join(dir, 'crowd.toml'), '');
+  t.equal(findConfigFile(undefined, {}, dir), 'crowd.toml');
+  t.equal(loadConfig(undefined, {}).file === DEFAULTS_NAME || loadConfig(undefined, {}).file === 'crowd.toml', true);
+  const missing = join(dir, 'missing.toml');
+  t.throws(() => loadConfig(missing, {}), { code: 'CROWD_ERR_CONFIG', message: new RegExp(`${missing}: file: cannot read the file \\(ENOENT\\)`) });
+});

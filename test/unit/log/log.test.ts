@@ -1,0 +1,131 @@
+// Ensures the log acks only flushed entries, readers stop at the durable watermark, offsets
+// only grow (also across reopen and retention), refusals fire at their limits, and retention
+// removes only what every consumer passed and what is older than the retention.
+import t from 'tap';
+import { join } from 'node:path';
+import { Log, type LogOptions } from '../../../src/log/log';
+import { newId } from '../../../src/log/ids';
+import { tempDir } from '../../helpers/crowd';
+
+const base = (dir: string, o: Partial<LogOptions> = {}): LogOptions => ({ dir, maxPendingWrites: 100_000, maxBytes: 1e12, retentionMs: 0, consumers: [], ...o });
+
+function entry(body: string, receivedAt = Date.now()) {
+  return { id: newId(), received_at: receivedAt, route: 'r', method: 'POST', path: '/r', query: '', headers: [['a', 'b']] as [string, string][], remote: '127.0.0.1', body: Buffer.from(body) };
+}
+
+/** Appends `n` entries in one event-loop turn and resolves when all are acknowledged. */
+function appendTurn(log: Log, n: number, receivedAt?: number, prefix = 'b'): Promise<number[]> {
+  return new Promise((resolve, reject) => {
+    const offsets: number[] = [];
+    let left = n;
+    for (let i = 0; i < n; i++) {
+      offsets.push(
+        log.append(entry(`${prefix}${i}`, receivedAt), (err) => {
+          if (err) reject(err);
+          else if (--left === 0) resolve(offsets);
+        }),
+      );
+    }
+  });
+}
+
+t.test('group commit, acks after flush, readers stop at the durable watermark', async (t) => {
+  const dir = join(tempDir(), 'log');
+  const log = await Log.open(base(dir));
+  t.teardown(() => log.close());
+  const batches: number[] = [];
+  log.onBatch((count) => batches.push(count));
+  let acked = 0;
+  const offsets: number[] = [];
+  const all = new Promise<void>((resolve) => {
+    for (let i = 0; i < 100; i++) offsets.push(log.append(entry(`x${i}`), () => ++acked === 100 && resolve()));
+  });
+  t.equal(acked, 0, 'nothing is acknowledged in the turn it was appended');
+  t.equal(log.durableOffset(), 0);
+  t.same(log.read(1, 1000), [], 'no reader sees entries before their flush');
+  t.equal(log.stats().pending_writes, 100);
+  await all;
+  t.same(offsets, Array.from({ length: 100 }, (_, i) => i + 1), 'offsets start at 1 and are consecutive');
+  t.same(batches, [100], 'one transaction for the whole event-loop turn');
+  t.equal(log.durableOffset(), 100);
+  const read = log.read(1, 1000);
+  t.equal(read.length, 100);
+  t.equal(Buffer.from(read[42]!.body).toString(), 'x42');
+  t.same(log.read(95, 1000, 97).map((e) => e.offset), [95, 96, 97], 'read honours an upper bound');
+  t.equal(log.stats().pending_writes, 0);
+});
+
+t.test('offsets keep growing across reopen', async (t) => {
+  const dir = join(tempDir(), 'log');
+  let log = await Log.open(base(dir));
+  await appendTurn(log, 10);
+  await log.close();
+  log = await Log.open(base(dir));
+  t.teardown(() => log.close());
+  t.same(await appendTurn(log, 3), [11, 12, 13]);
+  t.equal(log.stats().first_offset, 1);
+  t.equal(log.stats().last_offset, 13);
+});
+
+t.test('the pending-writes bound', async (t) => {
+  const log = await Log.open(base(join(tempDir(), 'log'), { maxPendingWrites: 10 }));
+  t.teardown(() => log.close());
+  const done = appendTurn(log, 10);
+  t.equal(log.refusal(), 'pending_writes', 'refuses at the bound');
+  await done;
+  t.equal(log.refusal(), null, 'accepts again once flushed');
+});
+
+t.test('the byte quota, also after reopen', async (t) => {
+  const dir = join(tempDir(), 'log');
+  let log = await Log.open(base(dir, { maxBytes: 5000 }));
+  await appendTurn(log, 10);
+  t.equal(log.refusal(), null);
+  const big = 'y'.repeat(5000);
+  await new Promise<void>((resolve, reject) => log.append(entry(big), (err) => (err ? reject(err) : resolve())));
+  t.equal(log.refusal(), 'max_bytes');
+  const bytes = log.stats().bytes;
+  t.ok(bytes > 5000, `bytes counted (${bytes})`);
+  await log.close();
+  log = await Log.open(base(dir, { maxBytes: 5000 }));
+  t.teardown(() => log.close());
+  t.equal(log.stats().bytes, bytes, 'the byte count survives a reopen');
+  t.equal(log.refusal(), 'max_bytes');
+});
+
+t.test('retention', async (t) => {
+  const dir = join(tempDir(), 'log');
+  let now = 10_000;
+  const opts = base(dir, { consumers: ['a', 'b'], retentionMs: 2000, now: () => now });
+  let log = await Log.open(opts);
+  await appendTurn(log, 20, 1000, 'old');
+  await appendTurn(log, 20, 9000, 'new');
+  t.equal(await log.applyRetention(), 0, 'no consumer passed anything: nothing removed');
+  await log.commitOffset('a', 35);
+  await log.commitOffset('b', 15);
+  t.equal(await log.applyRetention(), 15, 'removes only what the slowest consumer passed');
+  t.equal(log.stats().first_offset, 16);
+  await log.commitOffset('b', 35);
+  t.equal(await log.applyRetention(), 5, 'stops at entries younger than the retention');
+  t.equal(log.stats().first_offset, 21);
+  now = 20_000;
+  await log.commitOffset('a', 40);
+  await log.commitOffset('b', 40);
+  const before = log.stats().bytes;
+  t.equal(await log.applyRetention(), 20, 'everything passed and old: all removed');
+  t.equal(log.stats().first_offset, 0, 'the log is empty');
+  t.ok(log.stats().bytes < before && log.stats().bytes === 0, 'bytes follow the removals');
+  await t.rejects(log.commitOffset('a', 41), { code: 'CROWD_ERR_LOG_OFFSET' }, 'a consumer cannot pass the durable offset');
+  await log.close();
+  log = await Log.open(opts);
+  t.teardown(() => log.close());
+  t.same(await appendTurn(log, 2), [41, 42], 'offsets are never reused after retention emptied the log');
+});
+
+t.test('no consumer configured: retention removes nothing', async (t) => {
+  const log = await Log.open(base(join(tempDir(), 'log'), { consumers: [], retentionMs: 0 }));
+  t.teardown(() => log.close());
+  await appendTurn(log, 5, 1);
+  t.equal(await log.applyRetention(), 0);
+  t.equal(log.stats().first_offset, 1);
+});
