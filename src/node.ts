@@ -7,6 +7,8 @@
  * the log closes. A failed commit (crash-stop): waiting requests get 503, the cause is
  * logged, and `onFatal` tells the owner to exit non-zero.
  */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Config } from './config/schema';
 import { AdminServer } from './http/admin';
 import { IngestServer } from './http/ingest';
@@ -20,6 +22,9 @@ import { VERSION } from './version';
 export const SHUTDOWN_GRACE_MS = 10_000;
 /** Retention and stats persistence run this often (at most). */
 export const HOUSEKEEPING_INTERVAL_MS = 5_000;
+
+/** In log.dir: the pid and the ports this node listens on. */
+export const RUNTIME_FILE = 'crowd.runtime.json';
 
 export type NodeState = 'starting' | 'ready' | 'draining' | 'stopped' | 'failed';
 
@@ -86,6 +91,8 @@ export class CrowdNode {
     const port = await ingest.start();
     this.housekeeping = setInterval(() => void this.houseKeep(), Math.min(HOUSEKEEPING_INTERVAL_MS, Math.max(1000, config.log.retention)));
     this.housekeeping.unref();
+    // Where a local CLI finds this node when the config says port 0 (a port picked at start).
+    writeFileSync(join(config.log.dir, RUNTIME_FILE), JSON.stringify({ pid: process.pid, port, admin_port: adminPort, started_at: new Date().toISOString() }) + '\n');
     this.state = 'ready';
     const s = log.stats();
     if (config.routes.length === 0) logger.warn('no routes configured: every request gets 404');
@@ -137,8 +144,8 @@ export class CrowdNode {
     if (open > 0) logger.warn({ event: 'stop_timeout', open_requests: open }, `${open} requests still open after ${SHUTDOWN_GRACE_MS} ms; their connections close`);
     // Let the last acknowledgements leave the socket buffers before the process exits.
     await new Promise((r) => setImmediate(r));
-    await this.log?.close();
     this.admin.stop();
+    await this.log?.close();
     this.state = 'stopped';
     const s = this.log?.stats();
     logger.info({ event: 'stopped', last_offset: s?.last_offset }, 'stopped');

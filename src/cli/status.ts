@@ -1,13 +1,28 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { LoadedConfig } from '../config/load';
+import { RUNTIME_FILE } from '../node';
 import { CrowdError } from '../errors';
 
-/** The admin URL a local CLI should call: a wildcard listen address is reached on loopback. */
+/**
+ * The admin URL a local CLI should call: a wildcard listen address is reached on loopback;
+ * port 0 (picked at start) is read from the node's runtime file in log.dir.
+ */
 export function adminBase(config: LoadedConfig['config']): string {
   let host = config.admin.host;
+  let port = config.admin.port;
+  if (port === 0) {
+    const file = join(config.log.dir, RUNTIME_FILE);
+    try {
+      port = (JSON.parse(readFileSync(file, 'utf8')) as { admin_port: number }).admin_port;
+    } catch (err) {
+      throw new CrowdError('CROWD_ERR_ADMIN', `admin.port is 0 and ${file} cannot be read (${(err as NodeJS.ErrnoException).code ?? err}); is crowd running with this config?`);
+    }
+  }
   if (host === '0.0.0.0' || host === '') host = '127.0.0.1';
   if (host === '::') host = '::1';
   if (host.includes(':')) host = `[${host}]`;
-  return `http://${host}:${config.admin.port}`;
+  return `http://${host}:${port}`;
 }
 
 export async function adminGet(config: LoadedConfig['config'], path: string): Promise<unknown> {

@@ -87,6 +87,8 @@ export class Log {
   private readonly unsettled: Batch[] = [];
   private failure: Error | null = null;
   private closed = false;
+  /** The first offset when the environment was closed; stats stay readable after close. */
+  private firstAtClose: number | null = null;
   private readonly fatalListeners: ((err: Error) => void)[] = [];
   private readonly batchListeners: ((count: number, seconds: number) => void)[] = [];
 
@@ -322,10 +324,12 @@ export class Log {
       await this.meta.put('stats', { bytes: this.bytesDurable + this.bytesPending, through_offset: this.nextOffset - 1 } satisfies StoredStats);
       await this.env.flushed;
     }
+    this.firstAtClose = this.firstKey();
     await this.env.close();
   }
 
   private firstKey(): number {
+    if (this.firstAtClose !== null) return this.firstAtClose;
     for (const key of this.entries.getKeys({ limit: 1 })) return key;
     return 0;
   }

@@ -24,6 +24,11 @@ export class Metrics {
   constructor(sources: { log: () => LogGauges | null; lag: () => { target: string; lag: number; offset: number }[]; maxBytes: number }) {
     const registry = this.registry;
     collectDefaultMetrics({ register: registry, prefix: 'crowd_process_' });
+    // prom-client names these gauges *_total, which Prometheus reserves for counters
+    // (`promtool check metrics` rejects them); the handle and request counts stay without.
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+      registry.removeSingleMetric(`crowd_process_${name}`);
+    }
     this.ingestRequests = new Counter({
       name: 'crowd_ingest_requests_total',
       help: 'Ingest requests answered, by route ("none" when no route matched) and status code.',
