@@ -36,7 +36,7 @@ run: install ## start crowd on config/crowd.example.toml (log in ./data)
 	./bin/crowd start -c config/crowd.example.toml
 
 test: deps install ## install what the tests need and run them all
-	npx tap
+	npx tap dist/test/unit dist/test/integration dist/test/crash
 
 bench: deps install ## run the ingest benchmark (crowd vs the uWS no-op ceiling)
 	node dist/bench/ingest.js
