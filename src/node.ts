@@ -84,6 +84,7 @@ export class CrowdNode {
     log.onBatch((count, seconds) => {
       this.metrics.commitBatchSize.observe(count);
       this.metrics.commitSeconds.observe(seconds);
+      this.metrics.appendSeconds.observeMany(seconds, count);
     });
     log.onFatal((err) => this.fatal(err));
     const ingest = new IngestServer({ uws: loadNativeUws(), config, log, metrics: this.metrics, logger });

@@ -8,7 +8,7 @@
  * inside res.cork(); `res` is never touched after it was aborted or ended.
  */
 import type { Config, RouteConfig } from '../config/schema';
-import type { Log, Refusal } from '../log/log';
+import type { AppendWaiter, Log, Refusal } from '../log/log';
 import { newId } from '../log/ids';
 import type { Metrics } from '../observability/metrics';
 import type { Logger } from '../observability/logger';
@@ -30,6 +30,22 @@ const REFUSAL_TEXT: Record<Refusal, string> = {
 interface Pending {
   aborted: boolean;
   answered: boolean;
+}
+
+/** One stored request waiting for its flush; answers the client when the log says so. */
+class Stored implements Pending, AppendWaiter {
+  aborted = false;
+  answered = false;
+  id = '';
+  constructor(
+    private readonly server: IngestServer,
+    private readonly res: HttpResponse,
+    readonly route: string,
+  ) {}
+
+  appended(err: Error | null): void {
+    this.server.acknowledge(this, this.res, err);
+  }
 }
 
 export interface IngestDeps {
@@ -123,7 +139,7 @@ export class IngestServer {
     });
     const query = req.getQuery() ?? '';
     const remote = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
-    const state: Pending = { aborted: false, answered: false };
+    const state = new Stored(this, res, route.name);
     this.open++;
     res.onAborted(() => {
       state.aborted = true;
@@ -150,9 +166,8 @@ export class IngestServer {
     });
   }
 
-  private store(res: HttpResponse, state: Pending, route: RouteConfig, method: string, path: string, query: string, headers: [string, string][], remote: string, body: Buffer): void {
-    const { log, metrics } = this.deps;
-    const refusal = this.draining ? 'closed' : log.refusal();
+  private store(res: HttpResponse, state: Stored, route: RouteConfig, method: string, path: string, query: string, headers: [string, string][], remote: string, body: Buffer): void {
+    const refusal = this.draining ? 'closed' : this.deps.log.refusal();
     if (refusal !== null) {
       this.finish(state);
       this.reply(res, 503, errorBody(REFUSAL_TEXT[refusal]), route.name, ['Retry-After', this.retryAfter], this.draining);
@@ -160,19 +175,24 @@ export class IngestServer {
     }
     const receivedAt = Date.now();
     const id = newId(receivedAt);
-    const started = performance.now();
-    log.append({ id, received_at: receivedAt, route: route.name, method, path, query, headers, remote, body }, (err) => {
-      metrics.appendSeconds.observe((performance.now() - started) / 1000);
-      this.finish(state);
-      if (state.aborted) return;
-      if (err) {
-        this.reply(res, 503, errorBody(REFUSAL_TEXT.failed), route.name, ['Retry-After', this.retryAfter], true);
-        return;
-      }
-      metrics.ingest(route.name, this.deps.config.server.ack_status);
-      res.cork(() => {
-        res.writeStatus(this.ackLine).writeHeader('Content-Type', 'application/json').writeHeader('Crowd-Id', id).end(okBody(id), this.draining);
-      });
+    state.id = id;
+    this.deps.log.append({ id, received_at: receivedAt, route: route.name, method, path, query, headers, remote, body }, state);
+  }
+
+  /** Answers a stored request once its transaction is flushed (or failed). */
+  acknowledge(state: Stored, res: HttpResponse, err: Error | null): void {
+    this.finish(state);
+    if (state.aborted) return;
+    if (err) {
+      this.reply(res, 503, errorBody(REFUSAL_TEXT.failed), state.route, ['Retry-After', this.retryAfter], true);
+      return;
+    }
+    this.deps.metrics.ingest(state.route, this.deps.config.server.ack_status);
+    const id = state.id;
+    const close = this.draining;
+    const line = this.ackLine;
+    res.cork(() => {
+      res.writeStatus(line).writeHeader('Content-Type', 'application/json').writeHeader('Crowd-Id', id).end(okBody(id), close);
     });
   }
 

@@ -37,7 +37,10 @@ export interface LogOptions {
   readonly now?: () => number;
 }
 
-export type AppendCallback = (err: Error | null) => void;
+/** Told once whether its append was flushed (null) or failed. */
+export interface AppendWaiter {
+  appended(err: Error | null): void;
+}
 export type Refusal = 'pending_writes' | 'max_bytes' | 'failed' | 'closed';
 
 export interface LogStats {
@@ -50,7 +53,7 @@ export interface LogStats {
 
 interface Batch {
   readonly promise: Promise<unknown>;
-  readonly waiters: AppendCallback[];
+  readonly waiters: AppendWaiter[];
   lastOffset: number;
   bytes: number;
   settled: boolean;
@@ -151,14 +154,14 @@ export class Log {
 
   /**
    * Assigns the next offset, encodes the envelope and queues it in the current event turn's
-   * transaction. `done(null)` runs once that transaction is flushed; `done(err)` if it failed.
-   * The caller must have checked `refusal()` in the same turn.
+   * transaction. `waiter.appended(null)` runs once that transaction is flushed,
+   * `waiter.appended(err)` if it failed. The caller must have checked `refusal()` in the same turn.
    */
-  append(entry: Omit<Envelope, 'offset'>, done: AppendCallback): number {
+  append(entry: Omit<Envelope, 'offset'>, waiter: AppendWaiter): number {
     if (this.failure || this.closed) throw new CrowdError('CROWD_ERR_LOG_CLOSED', `log ${this.dir} no longer accepts appends`);
     const offset = this.nextOffset;
     if (!Number.isSafeInteger(offset + 1)) throw new CrowdError('CROWD_ERR_LOG_OFFSET', `offset ${offset} reached 2^53`);
-    const bytes = encodeEnvelope({ ...entry, offset });
+    const bytes = encodeEnvelope(entry, offset);
     const promise = this.entries.put(offset, bytes) as Promise<unknown>;
     this.nextOffset = offset + 1;
     this.pending++;
@@ -169,7 +172,7 @@ export class Log {
       this.batch = b;
       this.watch(b);
     }
-    b.waiters.push(done);
+    b.waiters.push(waiter);
     b.lastOffset = offset;
     b.bytes += bytes.length;
     return offset;
@@ -209,7 +212,7 @@ export class Log {
       this.pending -= b.waiters.length;
       this.bytesPending -= b.bytes;
       if (this.failure) {
-        for (const w of b.waiters) w(this.failure);
+        for (const w of b.waiters) w.appended(this.failure);
         continue;
       }
       assert(b.lastOffset > this.durable, `durable watermark would move back from ${this.durable} to ${b.lastOffset}`);
@@ -217,7 +220,7 @@ export class Log {
       this.bytesDurable += b.bytes;
       const seconds = (performance.now() - b.started) / 1000;
       for (const l of this.batchListeners) l(b.waiters.length, seconds);
-      for (const w of b.waiters) w(null);
+      for (const w of b.waiters) w.appended(null);
     }
   }
 

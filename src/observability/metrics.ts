@@ -3,6 +3,7 @@
  * (route and target names come from the config, codes from a fixed set).
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { BatchHistogram } from './batch-histogram';
 
 export interface LogGauges {
   first_offset: number;
@@ -15,7 +16,7 @@ export interface LogGauges {
 export class Metrics {
   readonly registry = new Registry();
   readonly ingestRequests: Counter<'route' | 'code'>;
-  readonly appendSeconds: Histogram;
+  readonly appendSeconds: BatchHistogram;
   readonly commitBatchSize: Histogram;
   readonly commitSeconds: Histogram;
   readonly retentionRemoved: Counter;
@@ -35,9 +36,9 @@ export class Metrics {
       labelNames: ['route', 'code'],
       registers: [registry],
     });
-    this.appendSeconds = new Histogram({
+    this.appendSeconds = new BatchHistogram({
       name: 'crowd_log_append_seconds',
-      help: 'Time from a request being appended to its transaction being flushed (fdatasync done).',
+      help: 'Per request: time from its append to the flush (fdatasync done) of its write transaction.',
       buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers: [registry],
     });

@@ -20,9 +20,11 @@ function appendTurn(log: Log, n: number, receivedAt?: number, prefix = 'b'): Pro
     let left = n;
     for (let i = 0; i < n; i++) {
       offsets.push(
-        log.append(entry(`${prefix}${i}`, receivedAt), (err) => {
-          if (err) reject(err);
-          else if (--left === 0) resolve(offsets);
+        log.append(entry(`${prefix}${i}`, receivedAt), {
+          appended: (err) => {
+            if (err) reject(err);
+            else if (--left === 0) resolve(offsets);
+          },
         }),
       );
     }
@@ -38,7 +40,7 @@ t.test('group commit, acks after flush, readers stop at the durable watermark', 
   let acked = 0;
   const offsets: number[] = [];
   const all = new Promise<void>((resolve) => {
-    for (let i = 0; i < 100; i++) offsets.push(log.append(entry(`x${i}`), () => ++acked === 100 && resolve()));
+    for (let i = 0; i < 100; i++) offsets.push(log.append(entry(`x${i}`), { appended: () => void (++acked === 100 && resolve()) }));
   });
   t.equal(acked, 0, 'nothing is acknowledged in the turn it was appended');
   t.equal(log.durableOffset(), 0);
@@ -82,7 +84,7 @@ t.test('the byte quota, also after reopen', async (t) => {
   await appendTurn(log, 10);
   t.equal(log.refusal(), null);
   const big = 'y'.repeat(5000);
-  await new Promise<void>((resolve, reject) => log.append(entry(big), (err) => (err ? reject(err) : resolve())));
+  await new Promise<void>((resolve, reject) => log.append(entry(big), { appended: (err) => (err ? reject(err) : resolve()) }));
   t.equal(log.refusal(), 'max_bytes');
   const bytes = log.stats().bytes;
   t.ok(bytes > 5000, `bytes counted (${bytes})`);
