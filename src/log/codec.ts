@@ -29,16 +29,149 @@ const FIELDS = 11;
 const packr = new Packr({ useRecords: false, structuredClone: false, moreTypes: false, bundleStrings: false });
 
 /**
- * Encodes an envelope; the offset is passed apart so that callers need not copy the
- * request's fields into a new object (`{ ...e, offset }` costs a map transition per request).
+ * Encodes an envelope as a MessagePack array that msgpackr decodes (`decodeEnvelope`).
+ * Written by hand because this runs once per request on the ingest hot path: msgpackr's
+ * generic `pack` cost about 2.7 µs per request there (a tenth of the main thread), this
+ * about a fifth of that. The unit tests check that msgpackr decodes every shape it writes
+ * to the same values as msgpackr's own encoding. The offset is passed apart so that
+ * callers need not copy the request's fields into a new object.
+ *
+ * Output buffers are slices of a slab that is only ever appended to, never rewritten:
+ * lmdb-js may read a value after `put` returned.
  */
 export function encodeEnvelope(e: Omit<Envelope, 'offset'>, offset: number): Buffer {
-  const flat: string[] = new Array(e.headers.length * 2);
-  for (let i = 0; i < e.headers.length; i++) {
-    const h = e.headers[i]!;
-    flat[2 * i] = h[0];
-    flat[2 * i + 1] = h[1];
+  let bound = 64 + e.body.length + 5;
+  bound += maxStr(e.id) + maxStr(e.route) + maxStr(e.method) + maxStr(e.path) + maxStr(e.query) + maxStr(e.remote);
+  for (let i = 0; i < e.headers.length; i++) bound += maxStr(e.headers[i]![0]) + maxStr(e.headers[i]![1]);
+  if (slabPos + bound > slab.length) {
+    slab = Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, bound));
+    slabPos = 0;
   }
+  const b = slab;
+  const start = slabPos;
+  let p = start;
+  b[p++] = 0x90 | FIELDS; // fixarray of 11
+  b[p++] = VERSION; // positive fixint
+  p = writeStr(b, p, e.id);
+  p = writeUint(b, p, offset);
+  p = writeUint(b, p, e.received_at);
+  p = writeStr(b, p, e.route);
+  p = writeStr(b, p, e.method);
+  p = writeStr(b, p, e.path);
+  p = writeStr(b, p, e.query);
+  const n = e.headers.length * 2;
+  if (n < 16) b[p++] = 0x90 | n;
+  else if (n < 0x10000) {
+    b[p++] = 0xdc;
+    p = b.writeUInt16BE(n, p);
+  } else {
+    b[p++] = 0xdd;
+    p = b.writeUInt32BE(n, p);
+  }
+  for (let i = 0; i < e.headers.length; i++) {
+    p = writeStr(b, p, e.headers[i]![0]);
+    p = writeStr(b, p, e.headers[i]![1]);
+  }
+  p = writeStr(b, p, e.remote);
+  const len = e.body.length;
+  if (len < 0x100) {
+    b[p++] = 0xc4;
+    b[p++] = len;
+  } else if (len < 0x10000) {
+    b[p++] = 0xc5;
+    p = b.writeUInt16BE(len, p);
+  } else {
+    b[p++] = 0xc6;
+    p = b.writeUInt32BE(len, p);
+  }
+  b.set(e.body, p);
+  p += len;
+  slabPos = p;
+  return b.subarray(start, p);
+}
+
+const SLAB_BYTES = 256 * 1024;
+let slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+let slabPos = 0;
+
+/** Bytes a string can take: 3 per UTF-16 unit at most, plus a 5-byte header. */
+function maxStr(s: string): number {
+  return s.length * 3 + 5;
+}
+
+function writeStr(b: Buffer, p: number, s: string): number {
+  const n = s.length;
+  // Short ASCII strings (nearly every field) are copied by a plain loop: cheaper than a
+  // call into Buffer#write for a few dozen bytes.
+  if (n < 0x100) {
+    const h = n < 32 ? 1 : 2;
+    let q = p + h;
+    let i = 0;
+    for (; i < n; i++) {
+      const c = s.charCodeAt(i);
+      if (c >= 0x80) break;
+      b[q++] = c;
+    }
+    if (i === n) {
+      if (h === 1) b[p] = 0xa0 | n;
+      else {
+        b[p] = 0xd9;
+        b[p + 1] = n;
+      }
+      return q;
+    }
+  }
+  // Reserve the largest header the byte length could need, then move the bytes if smaller.
+  const max = n * 3;
+  const header = max < 32 ? 1 : max < 0x100 ? 2 : max < 0x10000 ? 3 : 5;
+  const written = b.write(s, p + header, max, 'utf8');
+  let h: number;
+  if (written < 32) h = 1;
+  else if (written < 0x100) h = 2;
+  else if (written < 0x10000) h = 3;
+  else h = 5;
+  if (h !== header) b.copyWithin(p + h, p + header, p + header + written);
+  if (h === 1) b[p] = 0xa0 | written;
+  else if (h === 2) {
+    b[p] = 0xd9;
+    b[p + 1] = written;
+  } else if (h === 3) {
+    b[p] = 0xda;
+    b.writeUInt16BE(written, p + 1);
+  } else {
+    b[p] = 0xdb;
+    b.writeUInt32BE(written, p + 1);
+  }
+  return p + h + written;
+}
+
+/** Non-negative integers below 2^53: uint8/16/32, else float64 (exact for them). */
+function writeUint(b: Buffer, p: number, v: number): number {
+  if (v < 0x80) {
+    b[p] = v;
+    return p + 1;
+  }
+  if (v < 0x100) {
+    b[p] = 0xcc;
+    b[p + 1] = v;
+    return p + 2;
+  }
+  if (v < 0x10000) {
+    b[p] = 0xcd;
+    return b.writeUInt16BE(v, p + 1);
+  }
+  if (v < 0x1_0000_0000) {
+    b[p] = 0xce;
+    return b.writeUInt32BE(v, p + 1);
+  }
+  b[p] = 0xcb;
+  return b.writeDoubleBE(v, p + 1);
+}
+
+/** The same envelope encoded by msgpackr's generic packer (tests compare against it). */
+export function encodeEnvelopeWithPackr(e: Omit<Envelope, 'offset'>, offset: number): Buffer {
+  const flat: string[] = [];
+  for (const [k, v] of e.headers) flat.push(k, v);
   return packr.pack([VERSION, e.id, offset, e.received_at, e.route, e.method, e.path, e.query, flat, e.remote, e.body]);
 }
 

@@ -2,7 +2,7 @@
 // and tail's JSON form shows text bodies as text and binary ones as base64.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { decodeEnvelope, encodeEnvelope, envelopeToJson, type Envelope } from '../../../src/log/codec';
+import { decodeEnvelope, encodeEnvelope, encodeEnvelopeWithPackr, envelopeToJson, type Envelope } from '../../../src/log/codec';
 import { ID_PATTERN, newId } from '../../../src/log/ids';
 
 function randomEnvelope(i: number): Envelope {
@@ -28,6 +28,38 @@ t.test('round trip', async (t) => {
     const d = decodeEnvelope(encodeEnvelope(e, e.offset));
     t.same({ ...d, body: Buffer.from(d.body) }, { ...e, body: Buffer.from(e.body) }, `envelope ${i}`);
   }
+});
+
+t.test('the hand-written encoder and msgpackr agree on every shape', async (t) => {
+  const long = (n: number, ch = 'a') => ch.repeat(n);
+  const shapes: Envelope[] = [
+    { ...randomEnvelope(1), query: '', path: '/', headers: [] },
+    { ...randomEnvelope(2), path: long(31), query: long(32), route: long(255), method: long(256) },
+    { ...randomEnvelope(3), path: long(65535), query: long(65536), remote: 'ü'.repeat(20) + '€'.repeat(11) },
+    { ...randomEnvelope(4), path: '/ü/€/😀/' + long(40, '😀'), headers: Array.from({ length: 40 }, (_, i) => [`h-${i}`, 'v'.repeat(i * 7)] as [string, string]) },
+    { ...randomEnvelope(5), body: Buffer.alloc(0) },
+    { ...randomEnvelope(6), body: randomBytes(255) },
+    { ...randomEnvelope(7), body: randomBytes(256) },
+    { ...randomEnvelope(8), body: randomBytes(65535) },
+    { ...randomEnvelope(9), body: randomBytes(70_000), headers: Array.from({ length: 8 }, (_, i) => [`x${i}`, 'é'.repeat(i * 11)] as [string, string]) },
+  ];
+  const offsets = [0, 1, 127, 128, 255, 256, 65535, 65536, 2 ** 32 - 1, 2 ** 32, 2 ** 53 - 1];
+  let i = 0;
+  for (const e of [...shapes, ...Array.from({ length: 100 }, (_, k) => randomEnvelope(k))]) {
+    const offset = offsets[i++ % offsets.length]!;
+    const mine = decodeEnvelope(encodeEnvelope(e, offset));
+    const theirs = decodeEnvelope(encodeEnvelopeWithPackr(e, offset));
+    t.same({ ...mine, body: Buffer.from(mine.body) }, { ...theirs, body: Buffer.from(theirs.body) }, `shape ${i} offset ${offset}`);
+    t.equal(mine.offset, offset);
+  }
+});
+
+t.test('encoded buffers stay intact after later encodes', async (t) => {
+  const first = randomEnvelope(11);
+  const bytes = encodeEnvelope(first, 42);
+  const copy = Buffer.from(bytes);
+  for (let k = 0; k < 5000; k++) encodeEnvelope(randomEnvelope(k % 50), k);
+  t.ok(bytes.equals(copy), 'an earlier result is never overwritten (lmdb-js may read it after put returned)');
 });
 
 t.test('garbage is refused', async (t) => {
