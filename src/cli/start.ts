@@ -26,6 +26,12 @@ export async function startCommand({ file, config }: LoadedConfig): Promise<void
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // A rejection nobody handled (lmdb-js rejects several promises when a commit fails) is
+  // logged as one JSON line; then the process stops, as Node.js would, with exit code 1.
+  process.on('unhandledRejection', (reason) => {
+    logger.fatal({ event: 'unhandled_rejection', err: reason }, `unhandled rejection: ${(reason as Error)?.message ?? String(reason)}`);
+    setTimeout(() => process.exit(1), FATAL_EXIT_DELAY_MS);
+  });
   try {
     node = await CrowdNode.start({
       config,

@@ -88,7 +88,7 @@ export class Log {
   private batch: Batch | null = null;
   /** Batches in append order whose waiters have not been answered yet. */
   private readonly unsettled: Batch[] = [];
-  private failure: Error | null = null;
+  private failure: CrowdError | null = null;
   private closed = false;
   /** The first offset when the environment was closed; stats stay readable after close. */
   private firstAtClose: number | null = null;
@@ -200,9 +200,22 @@ export class Log {
             this.failure = new CrowdError('CROWD_ERR_LOG_COMMIT', `commit to ${this.dir} failed: ${(err as Error)?.message ?? err}`, { cause: err });
           }
           this.release();
-          if (first) for (const l of this.fatalListeners) l(this.failure!);
+          if (first) void this.notifyFatal(this.failure!, err);
         },
       );
+  }
+
+  /** Tells the owner about the failure, with lmdb-js's underlying error when it has one. */
+  private async notifyFatal(failure: CrowdError, err: unknown): Promise<void> {
+    const detail = (err as { commitError?: Promise<unknown> })?.commitError;
+    if (detail && typeof detail.then === 'function') {
+      const cause = await detail.then(
+        () => null,
+        (e: unknown) => e as Error & { code?: unknown },
+      );
+      if (cause) failure.message = `commit to ${this.dir} failed: ${cause.message}${cause.code !== undefined ? ` (code ${cause.code})` : ''}`;
+    }
+    for (const l of this.fatalListeners) l(failure);
   }
 
   private release(): void {
