@@ -8,6 +8,7 @@ export const ErrorCodes = {
   CROWD_ERR_LISTEN: 'could not listen on a configured address',
   CROWD_ERR_LOG_COMMIT: 'a log commit or fsync failed',
   CROWD_ERR_LOG_CLOSED: 'the log is closed',
+  CROWD_ERR_LOG_LOCKED: 'another process writes to this log directory',
   CROWD_ERR_LOG_OFFSET: 'the log offset invariant was broken',
   CROWD_ERR_ADMIN: 'the admin API answered with an error',
 } as const;

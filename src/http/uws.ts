@@ -24,17 +24,22 @@ export function loadNativeUws(): Uws {
       { cause: err },
     );
   }
-  if (typeof loaded.App !== 'function' || typeof loaded.us_listen_socket_close !== 'function') {
+  if (typeof loaded.App !== 'function' || typeof loaded.us_listen_socket_close !== 'function' || typeof (loaded as unknown as { LIBUS_LISTEN_EXCLUSIVE_PORT?: unknown }).LIBUS_LISTEN_EXCLUSIVE_PORT !== 'number') {
     loaded = null;
     throw new CrowdError('CROWD_ERR_UWS_NATIVE', `${binary} is not a uWebSockets.js binary`);
   }
   return loaded;
 }
 
-/** Listens and resolves with the listen socket and the bound port (port 0 picks one). */
+/**
+ * Listens and resolves with the listen socket and the bound port (port 0 picks one).
+ * The port is exclusive: uSockets would otherwise set SO_REUSEPORT, and a second crowd on
+ * the same port would silently take half of the connections.
+ */
 export function listen(uws: Uws, app: UWS.TemplatedApp, host: string, port: number): Promise<{ socket: UWS.us_listen_socket; port: number }> {
   return new Promise((resolve, reject) => {
-    app.listen(host, port, (socket) => {
+    const listenExclusive = app.listen as unknown as (host: string, port: number, options: number, cb: (socket: UWS.us_listen_socket | false) => void) => void;
+    listenExclusive.call(app, host, port, (uws as unknown as { LIBUS_LISTEN_EXCLUSIVE_PORT: number }).LIBUS_LISTEN_EXCLUSIVE_PORT, (socket) => {
       if (!socket) {
         reject(new CrowdError('CROWD_ERR_LISTEN', `cannot listen on ${host}:${port} (address in use or not available)`));
         return;

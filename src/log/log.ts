@@ -22,6 +22,7 @@ import { join } from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { CrowdError } from '../errors';
 import { decodeEnvelope, encodeEnvelope, type Envelope } from './codec';
+import { lockLogDir } from './lock';
 
 export interface LogOptions {
   readonly dir: string;
@@ -90,6 +91,7 @@ export class Log {
   private readonly unsettled: Batch[] = [];
   private failure: CrowdError | null = null;
   private closed = false;
+  private unlock: (() => void) | null = null;
   /** The first offset when the environment was closed; stats stay readable after close. */
   private firstAtClose: number | null = null;
   private readonly fatalListeners: ((err: Error) => void)[] = [];
@@ -99,7 +101,10 @@ export class Log {
     this.opts = opts;
     this.now = opts.now ?? Date.now;
     this.dir = opts.dir;
-    if (!opts.readOnly) mkdirSync(opts.dir, { recursive: true });
+    if (!opts.readOnly) {
+      mkdirSync(opts.dir, { recursive: true });
+      this.unlock = lockLogDir(opts.dir);
+    }
     // Every durability-relevant option is spelled out. Never noSync, noMetaSync, mapAsync
     // or useWritemap: each can lose or corrupt acknowledged data.
     const options = {
@@ -342,6 +347,7 @@ export class Log {
     }
     this.firstAtClose = this.firstKey();
     await this.env.close();
+    this.unlock?.();
   }
 
   private firstKey(): number {
