@@ -39,7 +39,7 @@ const USAGE = `usage: node dist/bench/ingest.js [options]
   --duration S      seconds per measured run (default 10)
   --warmup S        seconds of warm-up load before each measured run, 0 for none (default 2)
   --connections N   open connections (default 256)
-  --threads N       wrk threads (default 1: see bench/README.md)
+  --threads N       wrk threads (default 2)
   --runs N          measured runs per system; with more than one, no-op and crowd alternate
                     and the table shows medians (default 1)`;
 
@@ -485,7 +485,7 @@ function parseParams(argv: string[]): Params {
       duration: { type: 'string', default: '10' },
       warmup: { type: 'string', default: '2' },
       connections: { type: 'string', default: '256' },
-      threads: { type: 'string', default: '1' },
+      threads: { type: 'string', default: '2' },
       runs: { type: 'string', default: '1' },
       help: { type: 'boolean', short: 'h', default: false },
     },
