@@ -4,8 +4,8 @@
  * Guarantees:
  * - `append` hands its callback success only after the transaction holding the entry has
  *   been committed and fdatasync'ed (the commit promise and its `flushed` promise).
- * - All appends of one event-loop turn share one transaction (lmdb-js event-turn batching):
- *   group commit, one fsync for many requests.
+ * - All appends of one event-loop turn share one transaction: group commit, one fsync for
+ *   many requests. They are written as one record (`record.ts`) keyed by the first offset.
  * - Offsets are integers from 1 below 2^53, strictly increasing, never reused (the next
  *   offset survives retention through the meta record `offset_floor`).
  * - Readers (`read`, consumers, peers) never pass the durable watermark: entries become
@@ -13,7 +13,7 @@
  * - A failed commit poisons the log: every waiting and later append fails, and the owner
  *   must crash-stop (never retry and then acknowledge).
  *
- * Sub-databases: `entries` (offset -> envelope bytes), `consumers` (target -> offset),
+ * Sub-databases: `entries` (first offset -> record of envelopes), `consumers` (target -> offset),
  * `meta` (stats, offset floor) so that moving offsets and writing records is one transaction.
  */
 import { strict as assert } from 'node:assert';
@@ -23,6 +23,7 @@ import { open, type Database, type RootDatabase } from 'lmdb';
 import { CrowdError } from '../errors';
 import { decodeEnvelope, encodeEnvelope, type Envelope } from './codec';
 import { lockLogDir } from './lock';
+import { RECORD_BYTES_MAX, envelopeAt, forEachInRecord, frameRecord, recordCount } from './record';
 
 export interface LogOptions {
   readonly dir: string;
@@ -52,10 +53,13 @@ export interface LogStats {
   readonly pending_writes: number;
 }
 
+/** The envelopes of one record, from the first append until their flush. */
 interface Batch {
-  readonly promise: Promise<unknown>;
-  readonly waiters: AppendWaiter[];
+  readonly firstOffset: number;
   lastOffset: number;
+  readonly parts: Buffer[];
+  readonly waiters: AppendWaiter[];
+  /** Envelope bytes (without framing). */
   bytes: number;
   settled: boolean;
   readonly started: number;
@@ -67,8 +71,8 @@ interface StoredStats {
   through_offset: number;
 }
 
-/** Entries removed per retention transaction: keeps each write transaction small. */
-export const RETENTION_CHUNK = 10_000;
+/** Records removed per retention transaction: keeps each write transaction small. */
+export const RETENTION_CHUNK = 1000;
 /** lmdb map size: a ceiling on the data file; the file is sparse, so this costs address space only. */
 const MIN_MAP_SIZE = 64 * 1024 ** 3;
 
@@ -86,7 +90,8 @@ export class Log {
   private bytesDurable = 0;
   private bytesPending = 0;
   private pending = 0;
-  private batch: Batch | null = null;
+  /** Records filled in this event-loop turn, written when the turn ends. */
+  private filling: Batch[] = [];
   /** Batches in append order whose waiters have not been answered yet. */
   private readonly unsettled: Batch[] = [];
   private failure: CrowdError | null = null;
@@ -136,7 +141,7 @@ export class Log {
    */
   static async open(opts: LogOptions): Promise<Log> {
     const log = new Log(opts);
-    const last = log.lastKey();
+    const last = log.lastStoredOffset();
     const floor = (log.meta.get('offset_floor') as number | undefined) ?? 1;
     log.nextOffset = Math.max(last + 1, floor);
     if (!opts.readOnly) {
@@ -167,31 +172,54 @@ export class Log {
     const offset = this.nextOffset;
     if (!Number.isSafeInteger(offset + 1)) throw new CrowdError('CROWD_ERR_LOG_OFFSET', `offset ${offset} reached 2^53`);
     const bytes = encodeEnvelope(entry, offset);
-    const promise = this.entries.put(offset, bytes) as Promise<unknown>;
     this.nextOffset = offset + 1;
     this.pending++;
     this.bytesPending += bytes.length;
-    let b = this.batch;
-    if (b === null || b.promise !== promise) {
-      b = { promise, waiters: [], lastOffset: offset, bytes: 0, settled: false, started: performance.now() };
-      this.batch = b;
-      this.watch(b);
+    let b = this.filling.length > 0 ? this.filling[this.filling.length - 1]! : null;
+    if (b === null || b.bytes + bytes.length > RECORD_BYTES_MAX) {
+      if (this.filling.length === 0) setImmediate(this.writeTurn);
+      b = { firstOffset: offset, lastOffset: offset, parts: [], waiters: [], bytes: 0, settled: false, started: performance.now() };
+      this.filling.push(b);
     }
+    b.parts.push(bytes);
     b.waiters.push(waiter);
     b.lastOffset = offset;
     b.bytes += bytes.length;
     return offset;
   }
 
+  /** Writes the records of the turn that just ended; lmdb-js commits them in one transaction. */
+  private readonly writeTurn = (): void => {
+    const records = this.filling;
+    this.filling = [];
+    for (const b of records) {
+      if (this.failure) {
+        // A commit already failed: nothing more is written; these waiters get the failure.
+        b.settled = true;
+        this.unsettled.push(b);
+        this.release();
+        continue;
+      }
+      let promise: Promise<unknown>;
+      try {
+        promise = this.entries.put(b.firstOffset, frameRecord(b.parts, b.bytes)) as Promise<unknown>;
+      } catch (err) {
+        promise = Promise.reject(err);
+      }
+      b.parts.length = 0; // the framed copy is what lmdb-js holds now
+      this.watch(b, promise);
+    }
+  };
+
   /**
    * Marks the batch settled when its commit and its fdatasync resolved, then releases
    * settled batches strictly in append order: an ack never overtakes an earlier request's
    * flush, whatever order lmdb-js settles its promises in.
    */
-  private watch(b: Batch): void {
-    const flushed = (b.promise as Promise<unknown> & { flushed?: Promise<unknown> }).flushed;
+  private watch(b: Batch, promise: Promise<unknown>): void {
+    const flushed = (promise as Promise<unknown> & { flushed?: Promise<unknown> }).flushed;
     this.unsettled.push(b);
-    b.promise
+    promise
       .then(() => flushed)
       .then(
         () => {
@@ -226,7 +254,6 @@ export class Log {
   private release(): void {
     while (this.unsettled.length > 0 && this.unsettled[0]!.settled) {
       const b = this.unsettled.shift()!;
-      if (this.batch === b) this.batch = null;
       this.pending -= b.waiters.length;
       this.bytesPending -= b.bytes;
       if (this.failure) {
@@ -274,9 +301,24 @@ export class Log {
   read(from: number, limit: number, through: number = this.durable): Envelope[] {
     const end = Math.min(through, this.durable);
     const out: Envelope[] = [];
-    if (from > end) return out;
-    for (const { value } of this.entries.getRange({ start: from, end: end + 1, limit })) {
-      out.push(decodeEnvelope(value));
+    if (from > end || limit <= 0) return out;
+    // The record holding `from` starts at the greatest key <= from.
+    let start = from;
+    for (const key of this.entries.getKeys({ start: from, reverse: true, limit: 1 })) start = key;
+    for (const { key, value } of this.entries.getRange({ start, end: end + 1 })) {
+      let more = true;
+      forEachInRecord(value, (i, bytes) => {
+        const offset = key + i;
+        if (offset > end) return (more = false);
+        if (offset >= from) {
+          const e = decodeEnvelope(bytes);
+          assert(e.offset === offset, `record ${key} holds offset ${e.offset} at position ${i}`);
+          out.push(e);
+          if (out.length >= limit) return (more = false);
+        }
+        return true;
+      });
+      if (!more) break;
     }
     return out;
   }
@@ -284,7 +326,7 @@ export class Log {
   /** For read-only openers (`crowd tail` beside a running server): the last visible offset. */
   refreshVisible(): number {
     this.env.resetReadTxn();
-    this.durable = this.lastKey();
+    this.durable = this.lastStoredOffset();
     return this.durable;
   }
 
@@ -311,13 +353,17 @@ export class Log {
     for (;;) {
       const keys: number[] = [];
       let freed = 0;
+      let lastRemoved = 0;
       for (const { key, value } of this.entries.getRange({ start: 1, end: passed + 1, limit: RETENTION_CHUNK })) {
-        if (decodeEnvelope(value).received_at > cutoff) break;
+        const count = recordCount(value);
+        const last = key + count - 1;
+        // Whole records only: every entry passed by every consumer and older than the cutoff.
+        if (last > passed || decodeEnvelope(envelopeAt(value, count - 1)).received_at > cutoff) break;
         keys.push(key);
-        freed += value.length;
+        freed += value.length - 4 - 4 * count;
+        lastRemoved = last;
       }
       if (keys.length === 0) return removed;
-      const lastRemoved = keys[keys.length - 1]!;
       const bytesAfter = this.bytesDurable - freed;
       const floor = Math.max((this.meta.get('offset_floor') as number | undefined) ?? 1, lastRemoved + 1);
       await this.env.transaction(() => {
@@ -326,7 +372,7 @@ export class Log {
         this.meta.put('stats', { bytes: bytesAfter, through_offset: this.durable } satisfies StoredStats);
       });
       this.bytesDurable -= freed;
-      removed += keys.length;
+      removed += lastRemoved - keys[0]! + 1;
       if (keys.length < RETENTION_CHUNK) return removed;
     }
   }
@@ -341,6 +387,7 @@ export class Log {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.filling.length > 0) this.writeTurn();
     if (!this.opts.readOnly && !this.failure) {
       await this.meta.put('stats', { bytes: this.bytesDurable + this.bytesPending, through_offset: this.nextOffset - 1 } satisfies StoredStats);
       await this.env.flushed;
@@ -356,16 +403,18 @@ export class Log {
     return 0;
   }
 
-  private lastKey(): number {
-    for (const key of this.entries.getKeys({ reverse: true, limit: 1 })) return key;
+  /** The offset of the last envelope in the log (0 when empty). */
+  private lastStoredOffset(): number {
+    for (const { key, value } of this.entries.getRange({ reverse: true, limit: 1 })) return key + recordCount(value) - 1;
     return 0;
   }
 
   private countBytes(): number {
     const s = this.meta.get('stats') as StoredStats | undefined;
     let bytes = s?.bytes ?? 0;
+    // Stats are saved at record boundaries, so the records after them are whole.
     const from = (s?.through_offset ?? 0) + 1;
-    for (const { value } of this.entries.getRange({ start: from })) bytes += value.length;
+    for (const { value } of this.entries.getRange({ start: from })) bytes += value.length - 4 - 4 * recordCount(value);
     return bytes;
   }
 }

@@ -105,14 +105,16 @@ t.test('retention', async (t) => {
   t.equal(await log.applyRetention(), 0, 'no consumer passed anything: nothing removed');
   await log.commitOffset('a', 35);
   await log.commitOffset('b', 15);
-  t.equal(await log.applyRetention(), 15, 'removes only what the slowest consumer passed');
-  t.equal(log.stats().first_offset, 16);
-  await log.commitOffset('b', 35);
-  t.equal(await log.applyRetention(), 5, 'stops at entries younger than the retention');
+  t.equal(await log.applyRetention(), 0, 'a record (one commit, offsets 1-20) goes only when every consumer passed all of it');
+  await log.commitOffset('b', 20);
+  t.equal(await log.applyRetention(), 20, 'removes what the slowest consumer passed');
+  t.equal(log.stats().first_offset, 21);
+  t.equal(log.read(1, 5)[0]!.offset, 21, 'reads start at the first entry left');
+  await log.commitOffset('b', 40);
+  t.equal(await log.applyRetention(), 0, 'keeps entries younger than the retention');
   t.equal(log.stats().first_offset, 21);
   now = 20_000;
   await log.commitOffset('a', 40);
-  await log.commitOffset('b', 40);
   const before = log.stats().bytes;
   t.equal(await log.applyRetention(), 20, 'everything passed and old: all removed');
   t.equal(log.stats().first_offset, 0, 'the log is empty');
@@ -130,4 +132,22 @@ t.test('no consumer configured: retention removes nothing', async (t) => {
   await appendTurn(log, 5, 1);
   t.equal(await log.applyRetention(), 0);
   t.equal(log.stats().first_offset, 1);
+});
+
+t.test('reads across records, and records split at RECORD_BYTES_MAX', async (t) => {
+  const log = await Log.open(base(join(tempDir(), 'log')));
+  t.teardown(() => log.close());
+  for (let turn = 0; turn < 3; turn++) await appendTurn(log, 10, undefined, `t${turn}-`);
+  t.same(log.read(5, 12).map((e) => e.offset), [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], 'from the middle of one record into the next');
+  t.same(log.read(25, 100).map((e) => e.offset), [25, 26, 27, 28, 29, 30]);
+  t.equal(Buffer.from(log.read(21, 1)[0]!.body).toString(), 't2-0');
+  t.same(log.read(31, 10), [], 'nothing past the end');
+  const big = 'B'.repeat(1536 * 1024);
+  const records: number[] = [];
+  log.onBatch((count) => records.push(count));
+  await appendTurn(log, 4, undefined, big);
+  t.same(records, [2, 2], 'a turn larger than RECORD_BYTES_MAX is written as several records');
+  const read = log.read(31, 10);
+  t.same(read.map((e) => e.offset), [31, 32, 33, 34]);
+  t.equal(Buffer.from(read[3]!.body).toString(), big + '3');
 });
