@@ -63,6 +63,8 @@ export class IngestServer {
   private readonly ackLine: string;
   private readonly retryAfter: string;
   private listenSocket: us_listen_socket | null = null;
+  /** crowd_ingest_requests_total{code=ack_status} per route name. */
+  private readonly acked: Map<string, { inc(): void }>;
   private draining = false;
   /** Requests whose handler ran and that are not answered or aborted yet. */
   private open = 0;
@@ -73,6 +75,7 @@ export class IngestServer {
     this.router = new Router(deps.config.routes);
     this.ackLine = STATUS_LINE[deps.config.server.ack_status]!;
     this.retryAfter = String(Math.ceil(deps.config.server.retry_after / 1000));
+    this.acked = new Map(deps.config.routes.map((r) => [r.name, deps.metrics.ingestCounter(r.name, deps.config.server.ack_status)]));
     this.app = deps.uws.App();
     this.app.any('/*', (res, req) => this.handle(res, req.getCaseSensitiveMethod(), req.getUrl(), req));
   }
@@ -131,11 +134,11 @@ export class IngestServer {
       this.reply(res, 413, errorBody(`body of ${declared} bytes is larger than server.max_body_bytes (${max})`), route.name, undefined, true);
       return;
     }
-    const headers: [string, string][] = [];
+    const headers: string[] = [];
     const dropAuth = route.token !== undefined;
     req.forEach((k, v) => {
       if (DROPPED_HEADERS.has(k) || k.startsWith('proxy-') || (dropAuth && k === 'authorization')) return;
-      headers.push([k, v]);
+      headers.push(k, v);
     });
     const query = req.getQuery() ?? '';
     const remote = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
@@ -166,7 +169,7 @@ export class IngestServer {
     });
   }
 
-  private store(res: HttpResponse, state: Stored, route: RouteConfig, method: string, path: string, query: string, headers: [string, string][], remote: string, body: Buffer): void {
+  private store(res: HttpResponse, state: Stored, route: RouteConfig, method: string, path: string, query: string, headers: string[], remote: string, body: Buffer): void {
     const refusal = this.draining ? 'closed' : this.deps.log.refusal();
     if (refusal !== null) {
       this.finish(state);
@@ -176,7 +179,7 @@ export class IngestServer {
     const receivedAt = Date.now();
     const id = newId(receivedAt);
     state.id = id;
-    this.deps.log.append({ id, received_at: receivedAt, route: route.name, method, path, query, headers, remote, body }, state);
+    this.deps.log.append({ id, received_at: receivedAt, route: route.name, method, path, query, headerList: headers, remote, body }, state);
   }
 
   /** Answers a stored request once its transaction is flushed (or failed). */
@@ -187,7 +190,7 @@ export class IngestServer {
       this.reply(res, 503, errorBody(REFUSAL_TEXT.failed), state.route, ['Retry-After', this.retryAfter], true);
       return;
     }
-    this.deps.metrics.ingest(state.route, this.deps.config.server.ack_status);
+    this.acked.get(state.route)!.inc();
     const id = state.id;
     const close = this.draining;
     const line = this.ackLine;

@@ -23,6 +23,26 @@ export interface Envelope {
   readonly body: Uint8Array;
 }
 
+/** What ingest hands to the log: the envelope before its offset, headers as one flat list. */
+export interface EnvelopeInput {
+  readonly id: string;
+  readonly received_at: number;
+  readonly route: string;
+  readonly method: string;
+  readonly path: string;
+  readonly query: string;
+  /** name, value, name, value, ... (one array per request instead of one per header). */
+  readonly headerList: readonly string[];
+  readonly remote: string;
+  readonly body: Uint8Array;
+}
+
+export function flattenHeaders(headers: readonly (readonly [string, string])[]): string[] {
+  const flat: string[] = [];
+  for (const [k, v] of headers) flat.push(k, v);
+  return flat;
+}
+
 const VERSION = 1;
 const FIELDS = 11;
 
@@ -39,10 +59,11 @@ const packr = new Packr({ useRecords: false, structuredClone: false, moreTypes: 
  * Output buffers are slices of a slab that is only ever appended to, never rewritten:
  * lmdb-js may read a value after `put` returned.
  */
-export function encodeEnvelope(e: Omit<Envelope, 'offset'>, offset: number): Buffer {
+export function encodeEnvelope(e: EnvelopeInput, offset: number): Buffer {
   let bound = 64 + e.body.length + 5;
   bound += maxStr(e.id) + maxStr(e.route) + maxStr(e.method) + maxStr(e.path) + maxStr(e.query) + maxStr(e.remote);
-  for (let i = 0; i < e.headers.length; i++) bound += maxStr(e.headers[i]![0]) + maxStr(e.headers[i]![1]);
+  const h = e.headerList;
+  for (let i = 0; i < h.length; i++) bound += maxStr(h[i]!);
   if (slabPos + bound > slab.length) {
     slab = Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, bound));
     slabPos = 0;
@@ -59,7 +80,7 @@ export function encodeEnvelope(e: Omit<Envelope, 'offset'>, offset: number): Buf
   p = writeStr(b, p, e.method);
   p = writeStr(b, p, e.path);
   p = writeStr(b, p, e.query);
-  const n = e.headers.length * 2;
+  const n = h.length;
   if (n < 16) b[p++] = 0x90 | n;
   else if (n < 0x10000) {
     b[p++] = 0xdc;
@@ -68,10 +89,7 @@ export function encodeEnvelope(e: Omit<Envelope, 'offset'>, offset: number): Buf
     b[p++] = 0xdd;
     p = b.writeUInt32BE(n, p);
   }
-  for (let i = 0; i < e.headers.length; i++) {
-    p = writeStr(b, p, e.headers[i]![0]);
-    p = writeStr(b, p, e.headers[i]![1]);
-  }
+  for (let i = 0; i < n; i++) p = writeStr(b, p, h[i]!);
   p = writeStr(b, p, e.remote);
   const len = e.body.length;
   if (len < 0x100) {
@@ -169,10 +187,8 @@ function writeUint(b: Buffer, p: number, v: number): number {
 }
 
 /** The same envelope encoded by msgpackr's generic packer (tests compare against it). */
-export function encodeEnvelopeWithPackr(e: Omit<Envelope, 'offset'>, offset: number): Buffer {
-  const flat: string[] = [];
-  for (const [k, v] of e.headers) flat.push(k, v);
-  return packr.pack([VERSION, e.id, offset, e.received_at, e.route, e.method, e.path, e.query, flat, e.remote, e.body]);
+export function encodeEnvelopeWithPackr(e: EnvelopeInput, offset: number): Buffer {
+  return packr.pack([VERSION, e.id, offset, e.received_at, e.route, e.method, e.path, e.query, [...e.headerList], e.remote, e.body]);
 }
 
 export class EnvelopeDecodeError extends Error {

@@ -21,7 +21,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { CrowdError } from '../errors';
-import { decodeEnvelope, encodeEnvelope, type Envelope } from './codec';
+import { decodeEnvelope, encodeEnvelope, type Envelope, type EnvelopeInput } from './codec';
 import { lockLogDir } from './lock';
 import { RECORD_BYTES_MAX, envelopeAt, forEachInRecord, frameRecord, recordCount } from './record';
 
@@ -167,7 +167,7 @@ export class Log {
    * transaction. `waiter.appended(null)` runs once that transaction is flushed,
    * `waiter.appended(err)` if it failed. The caller must have checked `refusal()` in the same turn.
    */
-  append(entry: Omit<Envelope, 'offset'>, waiter: AppendWaiter): number {
+  append(entry: EnvelopeInput, waiter: AppendWaiter): number {
     if (this.failure || this.closed) throw new CrowdError('CROWD_ERR_LOG_CLOSED', `log ${this.dir} no longer accepts appends`);
     const offset = this.nextOffset;
     if (!Number.isSafeInteger(offset + 1)) throw new CrowdError('CROWD_ERR_LOG_OFFSET', `offset ${offset} reached 2^53`);

@@ -87,12 +87,17 @@ export class Metrics {
   }
 
   ingest(route: string, code: number): void {
+    this.ingestCounter(route, code).inc();
+  }
+
+  /** The counter of one (route, code) pair, for callers that count on a hot path. */
+  ingestCounter(route: string, code: number): { inc(): void } {
     const key = `${route}\u0000${code}`;
     let child = this.ingestChildren.get(key);
     if (!child) {
       child = this.ingestRequests.labels(route, String(code));
       this.ingestChildren.set(key, child);
     }
-    child.inc();
+    return child;
   }
 }

@@ -2,7 +2,11 @@
 // and tail's JSON form shows text bodies as text and binary ones as base64.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { decodeEnvelope, encodeEnvelope, encodeEnvelopeWithPackr, envelopeToJson, type Envelope } from '../../../src/log/codec';
+import { decodeEnvelope, encodeEnvelope as encodeInput, encodeEnvelopeWithPackr as packInput, envelopeToJson, flattenHeaders, type Envelope } from '../../../src/log/codec';
+
+const input = (e: Envelope) => ({ ...e, headerList: flattenHeaders(e.headers) });
+const encodeEnvelope = (e: Envelope, offset: number) => encodeInput(input(e), offset);
+const encodeEnvelopeWithPackr = (e: Envelope, offset: number) => packInput(input(e), offset);
 import { ID_PATTERN, newId } from '../../../src/log/ids';
 
 function randomEnvelope(i: number): Envelope {

@@ -10,7 +10,7 @@ import { tempDir } from '../../helpers/crowd';
 const base = (dir: string, o: Partial<LogOptions> = {}): LogOptions => ({ dir, maxPendingWrites: 100_000, maxBytes: 1e12, retentionMs: 0, consumers: [], ...o });
 
 function entry(body: string, receivedAt = Date.now()) {
-  return { id: newId(), received_at: receivedAt, route: 'r', method: 'POST', path: '/r', query: '', headers: [['a', 'b']] as [string, string][], remote: '127.0.0.1', body: Buffer.from(body) };
+  return { id: newId(), received_at: receivedAt, route: 'r', method: 'POST', path: '/r', query: '', headerList: ['a', 'b'], remote: '127.0.0.1', body: Buffer.from(body) };
 }
 
 /** Appends `n` entries in one event-loop turn and resolves when all are acknowledged. */
