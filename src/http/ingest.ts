@@ -20,6 +20,8 @@ import { listen, type HttpResponse, type TemplatedApp, type Uws, type us_listen_
 /** Headers not stored: hop-by-hop ones, framing that the stored body makes moot, and `expect`. */
 const DROPPED_HEADERS = new Set(['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length', 'expect']);
 
+const EMPTY = Buffer.alloc(0);
+
 const REFUSAL_TEXT: Record<Refusal, string> = {
   pending_writes: 'too many requests waiting for the disk; retry later',
   max_bytes: 'the log is over log.max_bytes; retry later',
@@ -109,21 +111,21 @@ export class IngestServer {
     const { config } = this.deps;
     if (url === '/healthz') {
       const ok = !this.draining && this.deps.log.refusal() === null;
-      this.drainThen(res, 0, () => this.reply(res, ok ? 200 : 503, ok ? '{"status":"OK"}' : errorBody('not accepting requests'), 'healthz'));
+      this.drainThen(res, 'healthz', () => this.reply(res, ok ? 200 : 503, ok ? '{"status":"OK"}' : errorBody('not accepting requests'), 'healthz'));
       return;
     }
     const route = url.startsWith('/_crowd/') ? null : this.router.match(url);
     if (route === null) {
-      this.drainThen(res, config.server.max_body_bytes, () => this.reply(res, 404, errorBody(`no route for path ${url}`), 'none'));
+      this.drainThen(res, 'none', () => this.reply(res, 404, errorBody(`no route for path ${url}`), 'none'));
       return;
     }
     if (!route.methods.includes(method as RouteConfig['methods'][number])) {
       const allow = route.methods.join(', ');
-      this.drainThen(res, config.server.max_body_bytes, () => this.reply(res, 405, errorBody(`method ${method} is not allowed on ${url}; allowed: ${allow}`), route.name, ['Allow', allow]));
+      this.drainThen(res, route.name, () => this.reply(res, 405, errorBody(`method ${method} is not allowed on ${url}; allowed: ${allow}`), route.name, ['Allow', allow]));
       return;
     }
     if (route.token !== undefined && !bearerMatches(req.getHeader('authorization'), route.token)) {
-      this.drainThen(res, config.server.max_body_bytes, () =>
+      this.drainThen(res, route.name, () =>
         this.reply(res, 401, errorBody(`missing or wrong bearer token for route ${route.name}`), route.name, ['WWW-Authenticate', `Bearer realm="${route.name}"`]),
       );
       return;
@@ -143,6 +145,17 @@ export class IngestServer {
     const query = req.getQuery() ?? '';
     const remote = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
     const state = new Stored(this, res, route.name);
+    this.receive(res, state, route.name, true, (body) => this.store(res, state, route, method, url, query, headers, remote, body));
+  }
+
+  /**
+   * Counts the request as open until it is answered or aborted, reads its body up to
+   * server.max_body_bytes (past it: 413 and the connection closes), then calls `done` with
+   * the body, or with an empty buffer when `keep` is false (read and discarded, so that a
+   * keep-alive connection survives a 404).
+   */
+  private receive(res: HttpResponse, state: Pending, route: string, keep: boolean, done: (body: Buffer) => void): void {
+    const max = this.deps.config.server.max_body_bytes;
     this.open++;
     res.onAborted(() => {
       state.aborted = true;
@@ -155,7 +168,11 @@ export class IngestServer {
       size += chunk.byteLength;
       if (size > max) {
         this.finish(state);
-        this.reply(res, 413, errorBody(`body is larger than server.max_body_bytes (${max})`), route.name, undefined, true);
+        this.reply(res, 413, errorBody(`body is larger than server.max_body_bytes (${max})`), route, undefined, true);
+        return;
+      }
+      if (!keep) {
+        if (isLast) done(EMPTY);
         return;
       }
       if (!isLast) {
@@ -164,8 +181,7 @@ export class IngestServer {
       }
       // The last chunk is used in place: the envelope is encoded before this callback returns.
       const last = Buffer.from(chunk);
-      const body = chunks.length === 0 ? last : Buffer.concat([...chunks, last], size);
-      this.store(res, state, route, method, url, query, headers, remote, body);
+      done(chunks.length === 0 ? last : Buffer.concat([...chunks, last], size));
     });
   }
 
@@ -204,27 +220,12 @@ export class IngestServer {
     state.answered = true;
   }
 
-  /** Reads and discards a body (up to `max` bytes, else 413) before answering, so keep-alive survives. */
-  private drainThen(res: HttpResponse, max: number, answer: () => void): void {
+  /** Reads and discards the body, then answers. */
+  private drainThen(res: HttpResponse, route: string, answer: () => void): void {
     const state: Pending = { aborted: false, answered: false };
-    this.open++;
-    res.onAborted(() => {
-      state.aborted = true;
-      if (!state.answered) this.open--;
-    });
-    let size = 0;
-    res.onData((chunk, isLast) => {
-      if (state.answered) return;
-      size += chunk.byteLength;
-      if (size > max) {
-        this.finish(state);
-        this.reply(res, 413, errorBody(`body is larger than ${max} bytes`), 'none', undefined, true);
-        return;
-      }
-      if (isLast) {
-        this.finish(state);
-        answer();
-      }
+    this.receive(res, state, route, false, () => {
+      this.finish(state);
+      answer();
     });
   }
 
