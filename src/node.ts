@@ -76,6 +76,7 @@ export class CrowdNode {
     const log = await Log.open({
       dir: config.log.dir,
       maxPendingWrites: config.log.max_pending_writes,
+      maxPendingBytes: config.log.max_pending_bytes,
       maxBytes: config.log.max_bytes,
       retentionMs: config.log.retention,
       consumers: config.targets.map((t) => t.name),
@@ -105,7 +106,9 @@ export class CrowdNode {
 
   private async houseKeep(): Promise<void> {
     const log = this.log;
-    if (!log || this.housekeepingRunning || this.state !== 'ready') return;
+    if (!log || this.state !== 'ready') return;
+    log.checkStall();
+    if (this.housekeepingRunning) return;
     this.housekeepingRunning = true;
     try {
       const removed = await log.applyRetention();
@@ -115,6 +118,7 @@ export class CrowdNode {
       }
       await log.saveStats();
     } catch (err) {
+      // A failed commit here has already failed the log (and so the node); this line says where.
       this.opts.logger.error({ event: 'housekeeping_failed', err }, `housekeeping failed: ${(err as Error).message}`);
     } finally {
       this.housekeepingRunning = false;
@@ -131,7 +135,8 @@ export class CrowdNode {
 
   /** Stops accepting, waits (bounded) for open requests and pending commits, closes the log. */
   async stop(signal: string): Promise<void> {
-    if (this.state === 'stopped' || this.state === 'draining') return;
+    // After a storage failure the node is already on its way out with exit code 1.
+    if (this.state === 'stopped' || this.state === 'draining' || this.state === 'failed') return;
     const { logger } = this.opts;
     this.state = 'draining';
     logger.info({ event: 'stopping', signal }, `${signal}: stopping; new requests get 503`);
@@ -147,6 +152,7 @@ export class CrowdNode {
     await new Promise((r) => setImmediate(r));
     this.admin.stop();
     await this.log?.close();
+    if ((this.state as NodeState) === 'failed') return; // a commit failed while draining
     this.state = 'stopped';
     const s = this.log?.stats();
     logger.info({ event: 'stopped', last_offset: s?.last_offset }, 'stopped');

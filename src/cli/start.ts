@@ -17,7 +17,7 @@ export async function startCommand({ file, config }: LoadedConfig): Promise<void
     }
     stopping = true;
     node.stop(signal).then(
-      () => process.exit(0),
+      () => process.exit(node!.state === 'failed' ? 1 : 0),
       (err: Error) => {
         logger.fatal({ event: 'stop_failed', err }, `stop failed: ${err.message}`);
         process.exit(1);

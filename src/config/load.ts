@@ -103,13 +103,14 @@ function join(path: string, key: string): string {
 function checkTable(raw: unknown, fields: Record<string, Spec>, path: string, problems: ConfigProblem[]): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   if (raw === undefined) raw = {};
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+  const proto = raw !== null && typeof raw === 'object' ? Object.getPrototypeOf(raw) : undefined;
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw) || (proto !== Object.prototype && proto !== null)) {
     problems.push({ where: path || 'file', problem: `expected a table, got ${describe(raw)}` });
     return out;
   }
   const obj = raw as Record<string, unknown>;
   for (const key of Object.keys(obj)) {
-    if (!(key in fields)) {
+    if (!Object.hasOwn(fields, key)) {
       const known = Object.keys(fields).join(', ');
       problems.push({ where: join(path, key), problem: `unknown key (known keys${path ? ` of ${path}` : ''}: ${known})` });
     }
@@ -220,8 +221,10 @@ function crossCheck(c: Config, problems: ConfigProblem[]): void {
       if (!targetNames.has(t)) problems.push({ where: `routes[${i}].targets[${j}]`, problem: `no target is named "${t}"` });
     });
   });
-  if (c.cluster.ack === 'quorum' && c.cluster.peers.length === 0) {
-    problems.push({ where: 'cluster.ack', problem: '"quorum" needs at least one entry in cluster.peers' });
+  if (c.cluster.ack === 'quorum') {
+    // Acknowledging after the local fsync while the config asks for peers' fsyncs would
+    // break the promise the key makes: refused until replication exists.
+    problems.push({ where: 'cluster.ack', problem: '"quorum" is not supported by this version (no replication yet); use "local"' });
   }
   if (c.server.port !== 0 && c.server.port === c.admin.port && c.server.host === c.admin.host) {
     problems.push({ where: 'admin.port', problem: `${c.admin.port} is also server.port` });

@@ -91,6 +91,13 @@ export const SCHEMA: Record<string, Spec> = {
         max: LIMITS.max_pending_writes_max,
         integer: true,
       },
+      max_pending_bytes: {
+        kind: 'size',
+        doc: 'Bytes of requests accepted but not yet flushed (they are held in memory); past it new requests get 503 + Retry-After.',
+        default: '256MiB',
+        min_bytes: 1024 * 1024,
+        max_bytes: 64 * 1024 ** 3,
+      },
     },
   },
   routes: {
@@ -175,7 +182,7 @@ export interface Config {
     readonly retry_after: number;
   };
   readonly admin: { readonly host: string; readonly port: number; readonly token?: string };
-  readonly log: { readonly dir: string; readonly max_bytes: number; readonly retention: number; readonly max_pending_writes: number };
+  readonly log: { readonly dir: string; readonly max_bytes: number; readonly retention: number; readonly max_pending_writes: number; readonly max_pending_bytes: number };
   readonly routes: readonly RouteConfig[];
   readonly targets: readonly TargetConfig[];
   readonly cluster: { readonly peers: readonly string[]; readonly ack: 'local' | 'quorum' };

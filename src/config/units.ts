@@ -68,7 +68,8 @@ export function parseSizeBytes(input: unknown): Parsed {
 export function describe(value: unknown): string {
   if (value === null) return 'null';
   if (Array.isArray(value)) return 'an array';
-  if (typeof value === 'object') return 'a table';
+  if (value instanceof Date) return `the date ${value.toISOString()}`;
+  if (typeof value === 'object') return Object.getPrototypeOf(value) === Object.prototype || Object.getPrototypeOf(value) === null ? 'a table' : `a ${value.constructor?.name ?? 'value'}`;
   if (typeof value === 'string') return `the string "${value}"`;
   return `${typeof value} ${String(value)}`;
 }

@@ -27,9 +27,11 @@ import { RECORD_BYTES_MAX, envelopeAt, forEachInRecord, frameRecord, recordCount
 
 export interface LogOptions {
   readonly dir: string;
-  /** Appends accepted but not yet flushed; `canAppend` says no past it. */
+  /** Appends accepted but not yet flushed; `refusal()` says no past it. */
   readonly maxPendingWrites: number;
-  /** Bytes of envelopes held; `canAppend` says no past it. */
+  /** Bytes of appends accepted but not yet flushed (held in memory); `refusal()` says no past it. */
+  readonly maxPendingBytes?: number;
+  /** Bytes of envelopes held; `refusal()` says no past it. */
   readonly maxBytes: number;
   /** Entries every consumer passed stay this long. */
   readonly retentionMs: number;
@@ -70,6 +72,11 @@ interface StoredStats {
   bytes: number;
   through_offset: number;
 }
+
+/** How long a failure report waits for lmdb-js's underlying commit error. */
+const COMMIT_ERROR_WAIT_MS = 500;
+/** A commit still unsettled after this long means the writer is stuck: crash-stop. */
+export const COMMIT_STALL_MS = 30_000;
 
 /** Records removed per retention transaction: keeps each write transaction small. */
 export const RETENTION_CHUNK = 1000;
@@ -148,7 +155,8 @@ export class Log {
       await log.meta.put('opened_at', log.now());
       await log.meta.flushed;
     }
-    log.durable = last;
+    // Retention may have emptied the log: everything below the floor was durable.
+    log.durable = Math.max(last, floor - 1);
     if (!opts.readOnly) log.bytesDurable = log.countBytes();
     return log;
   }
@@ -158,6 +166,7 @@ export class Log {
     if (this.failure) return 'failed';
     if (this.closed) return 'closed';
     if (this.pending >= this.opts.maxPendingWrites) return 'pending_writes';
+    if (this.bytesPending >= (this.opts.maxPendingBytes ?? Infinity)) return 'pending_writes';
     if (this.bytesDurable + this.bytesPending >= this.opts.maxBytes) return 'max_bytes';
     return null;
   }
@@ -242,10 +251,14 @@ export class Log {
   private async notifyFatal(failure: CrowdError, err: unknown): Promise<void> {
     const detail = (err as { commitError?: Promise<unknown> })?.commitError;
     if (detail && typeof detail.then === 'function') {
-      const cause = await detail.then(
-        () => null,
-        (e: unknown) => e as Error & { code?: unknown },
-      );
+      // lmdb-js rejects commitError with the underlying error; never wait long for it.
+      const cause = await Promise.race([
+        detail.then(
+          () => null,
+          (e: unknown) => e as Error & { code?: unknown },
+        ),
+        new Promise<null>((r) => setTimeout(() => r(null), COMMIT_ERROR_WAIT_MS).unref()),
+      ]);
       if (cause) failure.message = `commit to ${this.dir} failed: ${cause.message}${cause.code !== undefined ? ` (code ${cause.code})` : ''}`;
     }
     for (const l of this.fatalListeners) l(failure);
@@ -323,7 +336,11 @@ export class Log {
     return out;
   }
 
-  /** For read-only openers (`crowd tail` beside a running server): the last visible offset. */
+  /**
+   * For read-only openers (`crowd tail` beside a running server): the last visible offset.
+   * Another process's durable watermark is not known here, so this may include entries that
+   * are committed but whose fdatasync has not finished yet; delivery never reads this way.
+   */
   refreshVisible(): number {
     this.env.resetReadTxn();
     this.durable = this.lastStoredOffset();
@@ -337,7 +354,37 @@ export class Log {
   /** Records that `target` has finished every entry up to `offset`. */
   async commitOffset(target: string, offset: number): Promise<void> {
     if (offset > this.durable) throw new CrowdError('CROWD_ERR_LOG_OFFSET', `consumer ${target} cannot pass the durable offset ${this.durable} (asked ${offset})`);
-    await this.consumersDb.put(target, offset);
+    await this.write(() => this.consumersDb.put(target, offset));
+  }
+
+  /**
+   * Every write that is not an append goes through here: a failed commit poisons the log
+   * exactly like a failed append (fsyncgate: never go on writing after a failed fsync).
+   */
+  private async write<T>(op: () => Promise<T>): Promise<T> {
+    if (this.failure) throw this.failure;
+    try {
+      return await op();
+    } catch (err) {
+      if (this.failure === null) {
+        this.failure = new CrowdError('CROWD_ERR_LOG_COMMIT', `commit to ${this.dir} failed: ${(err as Error)?.message ?? err}`, { cause: err });
+        void this.notifyFatal(this.failure, err);
+      }
+      throw this.failure;
+    }
+  }
+
+  /**
+   * A stuck writer never settles its promises: acks would hang and the process would never
+   * exit. The owner calls this periodically; past COMMIT_STALL_MS the log fails.
+   */
+  checkStall(now: number = performance.now()): void {
+    const oldest = this.unsettled[0];
+    if (this.failure || !oldest || now - oldest.started < COMMIT_STALL_MS) return;
+    this.failure = new CrowdError('CROWD_ERR_LOG_COMMIT', `commit to ${this.dir} has not completed in ${Math.round((now - oldest.started) / 1000)} s (offsets ${oldest.firstOffset}-${oldest.lastOffset})`);
+    for (const b of this.unsettled) b.settled = true;
+    this.release();
+    void this.notifyFatal(this.failure, null);
   }
 
   /**
@@ -364,14 +411,16 @@ export class Log {
         lastRemoved = last;
       }
       if (keys.length === 0) return removed;
-      const bytesAfter = this.bytesDurable - freed;
       const floor = Math.max((this.meta.get('offset_floor') as number | undefined) ?? 1, lastRemoved + 1);
-      await this.env.transaction(() => {
-        for (const k of keys) this.entries.remove(k);
-        this.meta.put('offset_floor', floor);
-        this.meta.put('stats', { bytes: bytesAfter, through_offset: this.durable } satisfies StoredStats);
-      });
-      this.bytesDurable -= freed;
+      await this.write(() =>
+        this.env.transaction(() => {
+          // Read when the transaction runs, so that the saved count matches the saved offset.
+          this.bytesDurable -= freed;
+          for (const k of keys) this.entries.remove(k);
+          this.meta.put('offset_floor', floor);
+          this.meta.put('stats', { bytes: this.bytesDurable, through_offset: this.durable } satisfies StoredStats);
+        }),
+      );
       removed += lastRemoved - keys[0]! + 1;
       if (keys.length < RETENTION_CHUNK) return removed;
     }
@@ -380,7 +429,7 @@ export class Log {
   /** Persists the byte count so that the next open scans only entries after it. */
   async saveStats(): Promise<void> {
     if (this.opts.readOnly || this.failure) return;
-    await this.meta.put('stats', { bytes: this.bytesDurable, through_offset: this.durable } satisfies StoredStats);
+    await this.write(() => this.meta.put('stats', { bytes: this.bytesDurable, through_offset: this.durable } satisfies StoredStats));
   }
 
   /** Waits for every queued append to settle, saves stats and closes the environment. */

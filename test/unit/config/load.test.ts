@@ -96,7 +96,15 @@ t.test('rules across keys', async (t) => {
   t.match(all, /routes\[2\]\.path: "\/healthz" overlaps "\/healthz"/);
   t.match(all, /routes\[3\]\.path: "\/_crowd\/\*" overlaps "\/_crowd"/);
   t.match(all, /routes\[4\]\.path: "\/\*" overlaps "\/healthz"/);
-  t.match(all, /cluster\.ack: "quorum" needs at least one entry in cluster\.peers/);
+  t.match(all, /cluster\.ack: "quorum" is not supported by this version/);
+});
+
+t.test('keys named like Object.prototype members and non-table values are refused', async (t) => {
+  const p = problems('constructor = 1\ntoString = "x"\nserver = 2024-01-01\n');
+  t.match(p.join('\n'), /c\.toml: constructor: unknown key/);
+  t.match(p.join('\n'), /c\.toml: toString: unknown key/);
+  t.match(p.join('\n'), /c\.toml: server: expected a table, got/);
+  t.match(problems('{"__proto__": {"x": 1}}', 'c.json').join('\n'), /c\.json: __proto__: unknown key/);
 });
 
 t.test('syntax errors name the file and the line', async (t) => {

@@ -78,6 +78,33 @@ t.test('the pending-writes bound', async (t) => {
   t.equal(log.refusal(), null, 'accepts again once flushed');
 });
 
+t.test('the pending-bytes bound', async (t) => {
+  const log = await Log.open(base(join(tempDir(), 'log'), { maxPendingBytes: 10_000 }));
+  t.teardown(() => log.close());
+  const done = appendTurn(log, 3, undefined, 'p'.repeat(4000));
+  t.equal(log.refusal(), 'pending_writes', 'refuses once the bytes waiting for the disk reach the bound');
+  await done;
+  t.equal(log.refusal(), null, 'accepts again once flushed');
+});
+
+t.test('a commit that never completes fails the log', async (t) => {
+  const log = await Log.open(base(join(tempDir(), 'log')));
+  t.teardown(() => log.close());
+  const fatal: Error[] = [];
+  log.onFatal((err) => fatal.push(err));
+  const outcome = appendTurn(log, 1000, undefined, 's'.repeat(10_000)).then(
+    () => 'flushed',
+    (err: Error & { code?: string }) => err.code,
+  );
+  await new Promise((r) => setImmediate(r)); // the records are written, the commit is running
+  log.checkStall(performance.now() + 60_000);
+  t.equal(await outcome, 'CROWD_ERR_LOG_COMMIT', 'the waiting appends fail instead of hanging');
+  await new Promise((r) => setTimeout(r, 20));
+  t.equal(fatal.length, 1, 'the owner is told to crash-stop');
+  t.match(fatal[0]!.message, /has not completed in \d+ s/);
+  t.equal(log.refusal(), 'failed');
+});
+
 t.test('the byte quota, also after reopen', async (t) => {
   const dir = join(tempDir(), 'log');
   let log = await Log.open(base(dir, { maxBytes: 5000 }));
@@ -123,6 +150,8 @@ t.test('retention', async (t) => {
   await log.close();
   log = await Log.open(opts);
   t.teardown(() => log.close());
+  t.equal(log.durableOffset(), 40, 'an emptied log reopens with its durable offset where it was');
+  await log.commitOffset('a', 40);
   t.same(await appendTurn(log, 2), [41, 42], 'offsets are never reused after retention emptied the log');
 });
 
