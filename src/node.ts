@@ -88,7 +88,7 @@ export class CrowdNode {
       this.metrics.appendSeconds.observeMany(seconds, count);
     });
     log.onFatal((err) => this.fatal(err));
-    const ingest = new IngestServer({ uws: loadNativeUws(), config, log, metrics: this.metrics, logger });
+    const ingest = new IngestServer({ uws: loadNativeUws(), config, log, metrics: this.metrics });
     this.ingest = ingest;
     const port = await ingest.start();
     this.housekeeping = setInterval(() => void this.houseKeep(), Math.min(HOUSEKEEPING_INTERVAL_MS, Math.max(1000, config.log.retention)));

@@ -11,7 +11,6 @@ import type { Config, RouteConfig } from '../config/schema';
 import type { AppendWaiter, Log, Refusal } from '../log/log';
 import { newId } from '../log/ids';
 import type { Metrics } from '../observability/metrics';
-import type { Logger } from '../observability/logger';
 import { bearerMatches } from './auth';
 import { Router } from './routes';
 import { STATUS_LINE, errorBody, okBody } from './responses';
@@ -55,7 +54,6 @@ export interface IngestDeps {
   readonly config: Config;
   readonly log: Log;
   readonly metrics: Metrics;
-  readonly logger: Logger;
 }
 
 export class IngestServer {
@@ -101,10 +99,6 @@ export class IngestServer {
 
   openRequests(): number {
     return this.open;
-  }
-
-  accepting(): boolean {
-    return !this.draining && this.deps.log.refusal() === null;
   }
 
   private handle(res: HttpResponse, method: string, url: string, req: { getHeader(k: string): string; getQuery(): string; forEach(cb: (k: string, v: string) => void): void }): void {
