@@ -66,6 +66,9 @@ t.test('shutting down: open requests get 503 + Retry-After and close, crowd exit
   crowd.proc!.kill('SIGTERM');
   await new Promise((r) => setTimeout(r, 300));
   await t.rejects(request(crowd.url('/leads'), { body: 'late', timeoutMs: 2000 }), { code: 'ECONNREFUSED' }, 'new connections are refused');
+  const ready = await request(crowd.adminUrl('/readyz'), { method: 'GET' });
+  t.equal(ready.status, 503, '/readyz says no while shutting down');
+  t.match(JSON.parse(ready.body).error, /draining/);
   sock.write('body!');
   await closed;
   t.match(text, /^HTTP\/1\.1 503 /);
