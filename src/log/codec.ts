@@ -52,7 +52,7 @@ const packr = new Packr({ useRecords: false, structuredClone: false, moreTypes: 
  * Encodes an envelope as a MessagePack array that msgpackr decodes (`decodeEnvelope`).
  * Written by hand because this runs once per request on the ingest hot path: msgpackr's
  * generic `pack` cost about 2.7 µs per request there (a tenth of the main thread), this
- * about a fifth of that. The unit tests check that msgpackr decodes every shape it writes
+ * about a third of that. The unit tests check that msgpackr decodes every shape it writes
  * to the same values as msgpackr's own encoding. The offset is passed apart so that
  * callers need not copy the request's fields into a new object.
  *

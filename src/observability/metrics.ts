@@ -38,7 +38,7 @@ export class Metrics {
     });
     this.appendSeconds = new BatchHistogram({
       name: 'crowd_log_append_seconds',
-      help: 'Per request: time from its append to the flush (fdatasync done) of its write transaction.',
+      help: 'Per request: time from the first append of its write transaction to that transaction\'s flush (fdatasync done); an upper bound for each request in it.',
       buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers: [registry],
     });
