@@ -10,6 +10,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from './config/schema';
+import { Delivery } from './delivery/delivery';
 import { AdminServer } from './http/admin';
 import { IngestServer } from './http/ingest';
 import { loadNativeUws } from './http/uws';
@@ -20,6 +21,8 @@ import { VERSION } from './version';
 
 /** Longest wait for open requests and pending commits at shutdown. */
 export const SHUTDOWN_GRACE_MS = 10_000;
+/** Longest wait at shutdown for delivery requests in flight. */
+export const DELIVERY_STOP_GRACE_MS = 5_000;
 /** Retention and stats persistence run this often (at most). */
 export const HOUSEKEEPING_INTERVAL_MS = 5_000;
 
@@ -43,6 +46,7 @@ export class CrowdNode {
   private readonly admin: AdminServer;
   private log: Log | null = null;
   private ingest: IngestServer | null = null;
+  private delivery: Delivery | null = null;
   private housekeeping: NodeJS.Timeout | null = null;
   private housekeepingRunning = false;
 
@@ -52,7 +56,7 @@ export class CrowdNode {
     const uws = loadNativeUws();
     this.metrics = new Metrics({
       log: () => this.log?.stats() ?? null,
-      lag: () => this.lag(),
+      targets: () => this.delivery?.status() ?? [],
       maxBytes: config.log.max_bytes,
     });
     this.admin = new AdminServer({
@@ -61,6 +65,7 @@ export class CrowdNode {
       metrics: this.metrics,
       status: () => this.status(),
       notReady: () => this.notReady(),
+      delivery: () => this.delivery,
     });
   }
 
@@ -88,7 +93,11 @@ export class CrowdNode {
       this.metrics.appendSeconds.observeMany(seconds, count);
     });
     log.onFatal((err) => this.fatal(err));
-    const ingest = new IngestServer({ uws: loadNativeUws(), config, log, metrics: this.metrics });
+    const delivery = new Delivery({ config, log, logger, metrics: this.metrics });
+    this.delivery = delivery;
+    // Before ingest starts: every acknowledgement after this point is counted per target.
+    delivery.start();
+    const ingest = new IngestServer({ uws: loadNativeUws(), config, log, metrics: this.metrics, accepted: (route) => delivery.accepted(route) });
     this.ingest = ingest;
     const port = await ingest.start();
     this.housekeeping = setInterval(() => void this.houseKeep(), Math.min(HOUSEKEEPING_INTERVAL_MS, Math.max(1000, config.log.retention)));
@@ -150,6 +159,8 @@ export class CrowdNode {
     if (open > 0) logger.warn({ event: 'stop_timeout', open_requests: open }, `${open} requests still open after ${SHUTDOWN_GRACE_MS} ms; their connections close`);
     // Let the last acknowledgements leave the socket buffers before the process exits.
     await new Promise((r) => setImmediate(r));
+    // Requests in flight to upstreams get a few seconds; what does not finish is sent again after the restart.
+    await this.delivery?.stop(DELIVERY_STOP_GRACE_MS);
     this.admin.stop();
     await this.log?.close();
     if ((this.state as NodeState) === 'failed') return; // a commit failed while draining
@@ -166,16 +177,6 @@ export class CrowdNode {
     return null;
   }
 
-  private lag(): { target: string; offset: number; lag: number }[] {
-    const log = this.log;
-    if (!log) return [];
-    const durable = log.durableOffset();
-    return this.opts.config.targets.map((t) => {
-      const offset = log.consumerOffset(t.name);
-      return { target: t.name, offset, lag: Math.max(0, durable - offset) };
-    });
-  }
-
   status(): unknown {
     const { config } = this.opts;
     const s = this.log?.stats();
@@ -188,7 +189,7 @@ export class CrowdNode {
       log: s
         ? { dir: config.log.dir, ...s, max_bytes: config.log.max_bytes, max_pending_writes: config.log.max_pending_writes }
         : { dir: config.log.dir },
-      targets: this.lag().map((l) => ({ name: l.target, offset: l.offset, lag: l.lag, state: 'not_delivering' })),
+      targets: this.delivery?.status() ?? [],
       peers: config.cluster.peers.map((url) => ({ url, state: 'not_replicating' })),
     };
   }

@@ -1,5 +1,5 @@
 /**
- * The `crowd` command line: start, check, status, tail. Exit codes: 0 success, 1 runtime
+ * The `crowd` command line: start, check, status, tail, dlq, replay. Exit codes: 0 success, 1 runtime
  * failure, 2 configuration error (one `crowd: config error: ...` line per problem).
  */
 import { Command, Option } from 'commander';
@@ -9,6 +9,7 @@ import { VERSION } from '../version';
 import { startCommand } from './start';
 import { statusCommand } from './status';
 import { tailCommand } from './tail';
+import { dlqList, dlqPurge, dlqReplay, replay } from './delivery';
 
 export const EXIT_RUNTIME = 1;
 export const EXIT_CONFIG = 2;
@@ -66,10 +67,56 @@ export function main(argv: string[]): void {
     .option('-f, --follow', 'keep printing new entries as they are written')
     .action((o: { config?: string; from?: number; n?: number; follow?: boolean }) => tailCommand(configOrExit(o.config), o));
 
+  const dlq = program.command('dlq').description("a target's dead letters (through the admin API of the running node)");
+  const targetOption = () => new Option('-t, --target <name>', 'target name').makeOptionMandatory();
+  const offsetsOption = () => new Option('--offset <offsets>', 'only these offsets (comma-separated); default: all, up to 10000 per call').argParser(parseOffsets);
+  dlq
+    .command('list')
+    .description('print dead letters as JSON lines, oldest first')
+    .addOption(configOption())
+    .addOption(targetOption())
+    .option('--after <offset>', 'only dead letters with a higher offset', parseOffset)
+    .option('-n, --limit <count>', 'at most this many (default 100, max 10000)', parseOffset)
+    .action((o: { config?: string; target: string; after?: number; limit?: number }) => dlqList(configOrExit(o.config), o));
+  dlq
+    .command('replay')
+    .description('send dead letters to the target again (they keep their id and attempt count)')
+    .addOption(configOption())
+    .addOption(targetOption())
+    .addOption(offsetsOption())
+    .action((o: { config?: string; target: string; offset?: number[] }) => dlqReplay(configOrExit(o.config), o));
+  dlq
+    .command('purge')
+    .description('delete dead letters for good')
+    .addOption(configOption())
+    .addOption(targetOption())
+    .addOption(offsetsOption())
+    .action((o: { config?: string; target: string; offset?: number[] }) => dlqPurge(configOrExit(o.config), o));
+
+  program
+    .command('replay')
+    .description("rewind a target: send again every entry from an offset or from a time ago (effective at once, no restart)")
+    .addOption(configOption())
+    .addOption(targetOption())
+    .addOption(new Option('--from <offset>', 'first offset to send again').argParser(parseOffset).conflicts('since'))
+    .addOption(new Option('--since <duration>', 'send again what arrived in the last DURATION, e.g. 2h'))
+    .action((o: { config?: string; target: string; from?: number; since?: string }) => {
+      if (o.from === undefined && o.since === undefined) throw new Error('replay needs --from OFFSET or --since DURATION');
+      return replay(configOrExit(o.config), o);
+    });
+
   program.parseAsync(argv).catch((err: unknown) => {
     const code = err instanceof CrowdError ? ` [${err.code}]` : '';
     process.stderr.write(`crowd: error${code}: ${(err as Error)?.message ?? String(err)}\n`);
     process.exit(EXIT_RUNTIME);
+  });
+}
+
+function parseOffsets(value: string): number[] {
+  return value.split(',').map((v) => {
+    const n = parseOffset(v.trim());
+    if (n < 1) throw new Error(`"${v}" is not an offset (whole number >= 1)`);
+    return n;
   });
 }
 

@@ -25,18 +25,26 @@ export function adminBase(config: LoadedConfig['config']): string {
   return `http://${host}:${port}`;
 }
 
-export async function adminGet(config: LoadedConfig['config'], path: string): Promise<unknown> {
+export async function adminGet(config: LoadedConfig['config'], path: string, method: 'GET' | 'POST' = 'GET'): Promise<unknown> {
   const url = adminBase(config) + path;
   const headers: Record<string, string> = {};
   if (config.admin.token) headers.authorization = `Bearer ${config.admin.token}`;
   let res: Response;
   try {
-    res = await fetch(url, { headers, signal: AbortSignal.timeout(5000) });
+    res = await fetch(url, { method, headers, signal: AbortSignal.timeout(60_000) });
   } catch (err) {
     throw new CrowdError('CROWD_ERR_ADMIN', `cannot reach the admin API at ${url} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is crowd running with this config?`);
   }
   const body = await res.text();
-  if (!res.ok) throw new CrowdError('CROWD_ERR_ADMIN', `${url} answered ${res.status}: ${body}`);
+  if (!res.ok) {
+    let message = body;
+    try {
+      message = (JSON.parse(body) as { error?: string }).error ?? body;
+    } catch {
+      // not JSON: the raw body says it
+    }
+    throw new CrowdError('CROWD_ERR_ADMIN', `${method} ${url} answered ${res.status}: ${message}`);
+  }
   return JSON.parse(body);
 }
 
@@ -47,7 +55,7 @@ interface StatusJson {
   ready: boolean;
   ingest: { host: string; port: number | null };
   log: { dir: string; first_offset?: number; last_offset?: number; durable_offset?: number; bytes?: number; max_bytes?: number; pending_writes?: number };
-  targets: { name: string; offset: number; lag: number; state: string }[];
+  targets: { name: string; url: string; offset: number; lag: number; state: string; in_flight: number; retrying: number; dead_letters: number; delivered: number; last_error: { at: string; status: number | null; message: string } | null; next_attempt_at: string | null }[];
   peers: { url: string; state: string }[];
 }
 
@@ -65,7 +73,11 @@ export async function statusCommand({ config }: LoadedConfig, asJson: boolean): 
     `  offsets first ${s.log.first_offset}  last ${s.log.last_offset}  durable ${s.log.durable_offset}`,
     `  bytes   ${s.log.bytes} of ${s.log.max_bytes}  pending writes ${s.log.pending_writes}`,
     `targets   ${s.targets.length === 0 ? '(none)' : ''}`,
-    ...s.targets.map((t) => `  ${t.name.padEnd(20)} offset ${t.offset}  lag ${t.lag}  ${t.state}`),
+    ...s.targets.flatMap((t) => [
+      `  ${t.name.padEnd(20)} ${t.state}${t.next_attempt_at ? ` (next attempt ${t.next_attempt_at})` : ''}  ${t.url}`,
+      `    offset ${t.offset}  lag ${t.lag}  in flight ${t.in_flight}  retrying ${t.retrying}  dead letters ${t.dead_letters}  delivered ${t.delivered}`,
+      ...(t.last_error ? [`    last error ${t.last_error.at}: ${t.last_error.message}`] : []),
+    ]),
     `peers     ${s.peers.length === 0 ? '(none)' : ''}`,
     ...s.peers.map((p) => `  ${p.url}  ${p.state}`),
   ];

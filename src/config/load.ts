@@ -160,6 +160,9 @@ function checkValue(raw: unknown, spec: Spec, path: string, problems: ConfigProb
       if (raw < spec.min || raw > spec.max) return bad(`${raw} is out of range (${spec.min} to ${spec.max})`);
       return raw;
     }
+    case 'boolean':
+      if (typeof raw !== 'boolean') return bad(`expected true or false, got ${describe(raw)}`);
+      return raw;
     case 'enum':
       if (!spec.values.includes(raw as string | number)) {
         return bad(`${describe(raw)} is not one of ${spec.values.map((v) => JSON.stringify(v)).join(', ')}`);
@@ -202,8 +205,12 @@ function crossCheck(c: Config, problems: ConfigProblem[]): void {
   c.targets.forEach((t, i) => {
     if (targetNames.has(t.name)) problems.push({ where: `targets[${i}].name`, problem: `duplicate target name "${t.name}"` });
     targetNames.add(t.name);
+    if (t.type !== 'http') problems.push({ where: `targets[${i}].type`, problem: `"${t.type}" is not supported by this version; use "http"` });
     if (t.type === 'http' && !/^https?:\/\//.test(t.url)) problems.push({ where: `targets[${i}].url`, problem: `an http target needs an http:// or https:// URL, got "${t.url}"` });
     if (t.retry.base > t.retry.max) problems.push({ where: `targets[${i}].retry.base`, problem: 'must not be larger than retry.max' });
+    t.retry.permanent.forEach((code, j) => {
+      if (code === 401 || code === 403) problems.push({ where: `targets[${i}].retry.permanent[${j}]`, problem: `${code} pauses the target (a credentials problem), it cannot dead-letter requests` });
+    });
   });
   const routeNames = new Set<string>();
   const paths = new Map<string, number>();

@@ -8,6 +8,7 @@ import { hostname } from 'node:os';
 export type Spec =
   | { kind: 'string'; doc: string; default?: string | (() => string); optional?: true; pattern?: RegExp; hint?: string }
   | { kind: 'number'; doc: string; default?: number; min: number; max: number; integer?: true }
+  | { kind: 'boolean'; doc: string; default: boolean }
   | { kind: 'enum'; doc: string; default?: string | number; values: readonly (string | number)[] }
   | { kind: 'duration'; doc: string; default: string; min_ms?: number; max_ms?: number }
   | { kind: 'size'; doc: string; default: string | number; min_bytes?: number; max_bytes?: number }
@@ -127,7 +128,8 @@ export const SCHEMA: Record<string, Spec> = {
       url: { kind: 'string', doc: 'Upstream URL; for http the request path and query are appended.', pattern: /^(https?|nats|redis|rediss):\/\/\S+$/, hint: 'an http://, https://, nats:// or redis:// URL' },
       concurrency: { kind: 'number', doc: 'Requests in flight.', default: 16, min: 1, max: 1024, integer: true },
       rate: { kind: 'number', doc: 'Requests per second; 0 = unlimited.', default: 0, min: 0, max: 1_000_000 },
-      timeout: { kind: 'duration', doc: 'Time limit of one delivery attempt.', default: '10s', min_ms: 1 },
+      timeout: { kind: 'duration', doc: 'Time limit of one delivery attempt (connect, send and response headers).', default: '10s', min_ms: 1 },
+      ordered: { kind: 'boolean', doc: 'Deliver in strict offset order, one request in flight; a retrying request holds back the ones after it.', default: false },
       retry: {
         kind: 'table',
         doc: 'Retry policy.',
@@ -135,6 +137,13 @@ export const SCHEMA: Record<string, Spec> = {
           base: { kind: 'duration', doc: 'First backoff step (full jitter).', default: '200ms', min_ms: 1 },
           max: { kind: 'duration', doc: 'Largest backoff step.', default: '60s', min_ms: 1 },
           max_age: { kind: 'duration', doc: 'Requests older than this go to the dead-letter store.', default: '72h', min_ms: 1 },
+          permanent: {
+            kind: 'list',
+            doc: 'Upstream statuses that dead-letter a request at once (no retry).',
+            default: [400, 404, 405, 410, 413, 415, 422],
+            of: { kind: 'number', doc: 'HTTP status', min: 300, max: 599, integer: true },
+            max_items: 100,
+          },
         },
       },
     },
@@ -167,8 +176,9 @@ export interface TargetConfig {
   readonly rate: number;
   /** Milliseconds. */
   readonly timeout: number;
-  /** Milliseconds each. */
-  readonly retry: { readonly base: number; readonly max: number; readonly max_age: number };
+  readonly ordered: boolean;
+  /** Durations in milliseconds. */
+  readonly retry: { readonly base: number; readonly max: number; readonly max_age: number; readonly permanent: readonly number[] };
 }
 
 /** The resolved configuration: durations in milliseconds, sizes in bytes, deep-frozen. */

@@ -3,6 +3,9 @@
  * admin.host (loopback by default); with admin.token every call needs the bearer token.
  */
 import type { Config } from '../config/schema';
+import { parseDurationMs } from '../config/units';
+import type { Delivery } from '../delivery/delivery';
+import { CrowdError } from '../errors';
 import type { Metrics } from '../observability/metrics';
 import { bearerMatches } from './auth';
 import { STATUS_LINE, errorBody } from './responses';
@@ -15,7 +18,10 @@ export interface AdminDeps {
   readonly status: () => unknown;
   /** null when ready, else why not. */
   readonly notReady: () => string | null;
+  readonly delivery: () => Delivery | null;
 }
+
+type Query = URLSearchParams;
 
 export class AdminServer {
   private readonly deps: AdminDeps;
@@ -32,6 +38,13 @@ export class AdminServer {
         return;
       }
       fn(res);
+    };
+    const guarded2 = (fn: (res: HttpResponse, req: { getParameter(i: number): string | undefined; getQuery(): string | undefined }) => void) => (res: HttpResponse, req: { getHeader(k: string): string; getParameter(i: number): string | undefined; getQuery(): string | undefined }) => {
+      if (!this.authorized(req.getHeader('authorization'))) {
+        res.writeStatus(STATUS_LINE[401]!).writeHeader('WWW-Authenticate', 'Bearer realm="crowd-admin"').writeHeader('Content-Type', 'application/json').end(errorBody('missing or wrong admin token'));
+        return;
+      }
+      fn(res, req);
     };
     app.get('/healthz', guarded((res) => json(res, 200, { status: 'OK' })));
     app.get(
@@ -62,6 +75,43 @@ export class AdminServer {
         );
       }),
     );
+    // Dead letters and rewinds: parameters in the query string, JSON answers.
+    const action = (method: 'get' | 'post', suffix: string, fn: (d: Delivery, target: string, q: Query) => unknown) => {
+      app[method](
+        `/targets/:target${suffix}`,
+        guarded2((res, req) => {
+          const target = decodeURIComponent(req.getParameter(0) ?? '');
+          const q = new URLSearchParams(req.getQuery() ?? '');
+          let aborted = false;
+          res.onAborted(() => {
+            aborted = true;
+          });
+          const d = this.deps.delivery();
+          Promise.resolve()
+            .then(() => {
+              if (!d) throw new CrowdError('CROWD_ERR_REPLAY', 'delivery is not running');
+              return fn(d, target, q);
+            })
+            .then(
+              (body) => !aborted && res.cork(() => json(res, 200, body)),
+              (err: Error) => !aborted && res.cork(() => json(res, err instanceof CrowdError ? (/no target is named/.test(err.message) ? 404 : 400) : 500, { status: 'ERROR', error: err.message })),
+            );
+        }),
+      );
+    };
+    action('get', '/dlq', (d, target, q) => ({ target, dead_letters: d.deadLetters(target, intParam(q, 'after') ?? 0, intParam(q, 'limit') ?? 100) }));
+    action('post', '/dlq/replay', (d, target, q) => d.replayDead(target, offsetsParam(q)));
+    action('post', '/dlq/purge', (d, target, q) => d.purgeDead(target, offsetsParam(q)));
+    action('post', '/replay', (d, target, q) => {
+      const from = intParam(q, 'from');
+      const since = q.get('since');
+      if ((from === undefined) === (since === null)) throw new CrowdError('CROWD_ERR_REPLAY', 'give exactly one of from=OFFSET or since=DURATION');
+      if (from !== undefined) return d.rewind(target, { from });
+      const r = parseDurationMs(since);
+      if (!r.ok) throw new CrowdError('CROWD_ERR_REPLAY', `since: ${r.problem}`);
+      return d.rewind(target, { sinceMs: r.value });
+    });
+    action('post', '/resume', (d, target) => ({ target, resumed: d.resume(target) }));
     app.any('/*', (res, req) => json(res, 404, { status: 'ERROR', error: `no admin endpoint ${req.getMethod().toUpperCase()} ${req.getUrl()}` }));
   }
 
@@ -81,6 +131,25 @@ export class AdminServer {
     const token = this.deps.config.admin.token;
     return token === undefined || bearerMatches(header, token);
   }
+}
+
+function intParam(q: Query, name: string): number | undefined {
+  const v = q.get(name);
+  if (v === null) return undefined;
+  const n = Number(v);
+  if (v === '' || !Number.isSafeInteger(n) || n < 0) throw new CrowdError('CROWD_ERR_REPLAY', `${name}: "${v}" is not a whole number >= 0`);
+  return n;
+}
+
+/** `offset=5,9,12` (or repeated): those dead letters; absent: all (up to the batch limit). */
+function offsetsParam(q: Query): number[] | null {
+  const all = q.getAll('offset').flatMap((v) => v.split(','));
+  if (all.length === 0) return null;
+  return all.map((v) => {
+    const n = Number(v);
+    if (v === '' || !Number.isSafeInteger(n) || n < 1) throw new CrowdError('CROWD_ERR_REPLAY', `offset: "${v}" is not a whole number >= 1`);
+    return n;
+  });
 }
 
 function json(res: HttpResponse, code: number, body: unknown): void {

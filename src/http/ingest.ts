@@ -54,6 +54,8 @@ export interface IngestDeps {
   readonly config: Config;
   readonly log: Log;
   readonly metrics: Metrics;
+  /** Called once per acknowledged (flushed) request with its route, even if the client left. */
+  readonly accepted?: (route: string) => void;
 }
 
 export class IngestServer {
@@ -195,6 +197,7 @@ export class IngestServer {
   /** Answers a stored request once its transaction is flushed (or failed). */
   acknowledge(state: Stored, res: HttpResponse, err: Error | null): void {
     this.finish(state);
+    if (err === null) this.deps.accepted?.(state.route);
     if (state.aborted) return;
     if (err) {
       this.reply(res, 503, errorBody(REFUSAL_TEXT.failed), state.route, ['Retry-After', this.retryAfter], true);

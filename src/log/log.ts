@@ -15,14 +15,16 @@
  *   must crash-stop (never retry and then acknowledge).
  *
  * Sub-databases: `entries` (first offset -> record of envelopes), `consumers` (target -> offset),
- * `meta` (stats, offset floor) so that moving offsets and writing records is one transaction.
+ * `retries` and `dead` ([target, offset] -> held request, see `delivery-store.ts`), `meta`
+ * (stats, offset floor), so that moving offsets and writing records is one transaction.
  */
 import { strict as assert } from 'node:assert';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { CrowdError } from '../errors';
-import { decodeEnvelope, encodeEnvelope, type Envelope, type EnvelopeInput } from './codec';
+import { decodeEnvelope, encodeEnvelope, routeOf, type Envelope, type EnvelopeInput } from './codec';
+import { DeliveryStore } from './delivery-store';
 import { lockLogDir } from './lock';
 import { RECORD_BYTES_MAX, envelopeAt, forEachInRecord, frameRecord, recordCount } from './record';
 
@@ -91,6 +93,8 @@ export class Log {
   private readonly env: RootDatabase;
   private readonly entries: Database<Buffer, number>;
   private readonly consumersDb: Database<number, string>;
+  /** Consumer offsets, retrying requests and dead letters. */
+  readonly delivery: DeliveryStore;
   private readonly meta: Database<unknown, string>;
   private readonly opts: LogOptions;
   private readonly now: () => number;
@@ -113,6 +117,7 @@ export class Log {
   private firstAtClose: number | null = null;
   private readonly fatalListeners: ((err: Error) => void)[] = [];
   private readonly batchListeners: ((count: number, seconds: number) => void)[] = [];
+  private readonly durableListeners: (() => void)[] = [];
 
   private constructor(opts: LogOptions) {
     this.opts = opts;
@@ -145,6 +150,14 @@ export class Log {
     this.entries = this.env.openDB<Buffer, number>({ name: 'entries', encoding: 'binary', keyEncoding: 'ordered-binary', cache: false, compression: false });
     this.consumersDb = this.env.openDB<number, string>({ name: 'consumers', encoding: 'json', cache: false });
     this.meta = this.env.openDB<unknown, string>({ name: 'meta', encoding: 'json', cache: false });
+    const held = { encoding: 'binary' as const, keyEncoding: 'ordered-binary' as const, cache: false, compression: false };
+    this.delivery = new DeliveryStore(
+      this.env,
+      this.consumersDb,
+      this.env.openDB<Buffer, [string, number]>({ name: 'retries', ...held }),
+      this.env.openDB<Buffer, [string, number]>({ name: 'dead', ...held }),
+      (op) => this.write(op),
+    );
   }
 
   /**
@@ -281,6 +294,7 @@ export class Log {
   }
 
   private release(): void {
+    let moved = false;
     while (this.unsettled.length > 0 && this.unsettled[0]!.settled) {
       const b = this.unsettled.shift()!;
       this.pending -= b.waiters.length;
@@ -295,7 +309,9 @@ export class Log {
       const seconds = (performance.now() - b.started) / 1000;
       for (const l of this.batchListeners) l(b.waiters.length, seconds);
       for (const w of b.waiters) w.appended(null);
+      moved = true;
     }
+    if (moved) for (const l of this.durableListeners) l();
     if (this.writeDeferred && this.unsettled.length < COMMITS_IN_FLIGHT_MAX) {
       this.writeDeferred = false;
       if (this.filling.length > 0) setImmediate(this.writeTurn);
@@ -310,6 +326,11 @@ export class Log {
   /** Called after each flushed transaction with its request count and commit+flush seconds. */
   onBatch(listener: (count: number, seconds: number) => void): void {
     this.batchListeners.push(listener);
+  }
+
+  /** Called (synchronously, after the acks) whenever the durable watermark moved. */
+  onDurable(listener: () => void): void {
+    this.durableListeners.push(listener);
   }
 
   /** The highest offset whose transaction has been flushed; readers stop here. */
@@ -331,15 +352,17 @@ export class Log {
    * Up to `limit` envelopes with offset >= from, never past the durable watermark
    * (or past `through`, when given and lower).
    */
-  read(from: number, limit: number, through: number = this.durable): Envelope[] {
+  read(from: number, limit: number, through: number = this.durable, copy = false): Envelope[] {
     const end = Math.min(through, this.durable);
     const out: Envelope[] = [];
     if (from > end || limit <= 0) return out;
     // The record holding `from` starts at the greatest key <= from.
     let start = from;
     for (const key of this.entries.getKeys({ start: from, reverse: true, limit: 1 })) start = key;
-    for (const { key, value } of this.entries.getRange({ start, end: end + 1 })) {
+    for (const { key, value: stored } of this.entries.getRange({ start, end: end + 1 })) {
       let more = true;
+      // Envelopes held across awaits (delivery) must not share lmdb-js's read buffers.
+      const value = copy ? Buffer.from(stored) : stored;
       forEachInRecord(value, (i, bytes) => {
         const offset = key + i;
         if (offset > end) return (more = false);
@@ -375,6 +398,64 @@ export class Log {
   async commitOffset(target: string, offset: number): Promise<void> {
     if (offset > this.durable) throw new CrowdError('CROWD_ERR_LOG_OFFSET', `consumer ${target} cannot pass the durable offset ${this.durable} (asked ${offset})`);
     await this.write(() => this.consumersDb.put(target, offset));
+  }
+
+  /** The lowest offset still in the log, or the next offset when it is empty. */
+  firstOffset(): number {
+    const k = this.firstKey();
+    return k === 0 ? this.nextOffset : k;
+  }
+
+  /**
+   * Counts the entries with offset in [from, through] whose route is in `routes`, reading
+   * `chunk` records between yields to the event loop (a backlog may be millions of entries).
+   */
+  async countRoutes(from: number, through: number, routes: ReadonlySet<string>, chunk = 256): Promise<number> {
+    let count = 0;
+    let start = from;
+    for (const key of this.entries.getKeys({ start: from, reverse: true, limit: 1 })) start = key;
+    while (start <= through && !this.closed) {
+      let next = -1;
+      let seen = 0;
+      for (const { key, value } of this.entries.getRange({ start, end: through + 1, limit: chunk, snapshot: false })) {
+        forEachInRecord(value, (i, bytes) => {
+          const offset = key + i;
+          if (offset > through) return false;
+          if (offset >= from && routes.has(routeOf(bytes))) count++;
+          return true;
+        });
+        next = key + recordCount(value);
+        seen++;
+      }
+      if (seen < chunk || next < 0) break;
+      start = next;
+      await new Promise((r) => setImmediate(r));
+    }
+    return count;
+  }
+
+  /**
+   * The first offset received at or after `ms` (binary search over offsets; receive times
+   * follow offsets), or the next offset when every entry is older.
+   */
+  offsetAtTime(ms: number): number {
+    let lo = this.firstOffset();
+    let hi = this.durable + 1; // answer in [lo, hi]
+    while (lo < hi) {
+      const mid = Math.floor((lo + hi) / 2);
+      const at = this.receivedAt(mid);
+      if (at === null || at >= ms) hi = mid;
+      else lo = mid + 1;
+    }
+    return lo;
+  }
+
+  private receivedAt(offset: number): number | null {
+    for (const { key, value } of this.entries.getRange({ start: offset, reverse: true, limit: 1 })) {
+      if (offset - key >= recordCount(value)) return null;
+      return decodeEnvelope(envelopeAt(value, offset - key)).received_at;
+    }
+    return null;
   }
 
   /**

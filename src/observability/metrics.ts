@@ -13,6 +13,18 @@ export interface LogGauges {
   pending_writes: number;
 }
 
+/** Per-target figures read at each scrape (see `delivery/consumer.ts`). */
+export interface TargetFigures {
+  name: string;
+  accepted: number;
+  delivered: number;
+  dead_letters: number;
+  purged: number;
+  lag: number;
+  in_flight: number;
+  retrying: number;
+}
+
 export class Metrics {
   readonly registry = new Registry();
   readonly ingestRequests: Counter<'route' | 'code'>;
@@ -20,9 +32,13 @@ export class Metrics {
   readonly commitBatchSize: Histogram;
   readonly commitSeconds: Histogram;
   readonly retentionRemoved: Counter;
+  readonly deliveryAttempts: Counter<'target' | 'outcome'>;
+  readonly deliverySeconds: Histogram<'target'>;
+  private readonly attemptChildren = new Map<string, { inc(): void }>();
+  private readonly secondsChildren = new Map<string, { observe(v: number): void }>();
   private readonly ingestChildren = new Map<string, { inc(): void }>();
 
-  constructor(sources: { log: () => LogGauges | null; lag: () => { target: string; lag: number; offset: number }[]; maxBytes: number }) {
+  constructor(sources: { log: () => LogGauges | null; targets: () => TargetFigures[]; maxBytes: number }) {
     const registry = this.registry;
     collectDefaultMetrics({ register: registry, prefix: 'crowd_process_' });
     // prom-client names these gauges *_total, which Prometheus reserves for counters
@@ -75,15 +91,55 @@ export class Metrics {
     logGauge('crowd_log_bytes', 'Bytes of envelopes held in the log.', (g) => g.bytes);
     logGauge('crowd_log_pending_writes', 'Appends waiting for their flush.', (g) => g.pending_writes);
     new Gauge({ name: 'crowd_log_max_bytes', help: 'Configured log.max_bytes.', registers: [registry] }).set(sources.maxBytes);
-    new Gauge({
-      name: 'crowd_consumer_lag_messages',
-      help: 'Entries past the consumer offset of each target.',
-      labelNames: ['target'],
+    this.deliveryAttempts = new Counter({
+      name: 'crowd_delivery_attempts_total',
+      help: 'Delivery attempts by target and outcome: delivered (2xx), retry (retryable status), error (no response), timeout, dead (dead-lettered), paused (401/403).',
+      labelNames: ['target', 'outcome'],
       registers: [registry],
-      collect() {
-        for (const l of sources.lag()) this.labels(l.target).set(l.lag);
-      },
     });
+    this.deliverySeconds = new Histogram({
+      name: 'crowd_delivery_seconds',
+      help: 'Duration of delivery attempts (request sent to response headers and body read).',
+      labelNames: ['target'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry],
+    });
+    // Read from the consumers at each scrape, all in one synchronous pass: for every target,
+    // accepted = delivered + dead_letters + purged + lag holds in every scrape.
+    const perTarget = (kind: 'gauge' | 'counter', name: string, help: string, pick: (f: TargetFigures) => number) => {
+      const collect = function (this: Gauge<'target'> | Counter<'target'>) {
+        if (this instanceof Counter) this.reset();
+        for (const f of sources.targets()) {
+          if (this instanceof Counter) this.labels(f.name).inc(pick(f));
+          else this.labels(f.name).set(pick(f));
+        }
+      };
+      if (kind === 'gauge') new Gauge({ name, help, labelNames: ['target'], registers: [registry], collect });
+      else new Counter({ name, help, labelNames: ['target'], registers: [registry], collect });
+    };
+    perTarget('counter', 'crowd_accepted_total', 'Requests acknowledged for the target (its routes), plus the backlog found at start.', (f) => f.accepted);
+    perTarget('counter', 'crowd_delivered_total', 'Requests the target answered with 2xx.', (f) => f.delivered);
+    perTarget('gauge', 'crowd_dead_letters', 'Requests in the target\'s dead-letter store.', (f) => f.dead_letters);
+    perTarget('counter', 'crowd_dead_letters_purged_total', 'Dead letters purged by an operator.', (f) => f.purged);
+    perTarget('gauge', 'crowd_consumer_lag_messages', 'Requests for the target neither delivered nor dead-lettered yet (including retrying ones).', (f) => f.lag);
+    perTarget('gauge', 'crowd_delivery_in_flight', 'Delivery requests in flight.', (f) => f.in_flight);
+    perTarget('gauge', 'crowd_delivery_retrying', 'Requests waiting for another attempt.', (f) => f.retrying);
+  }
+
+  deliveryAttempt(target: string, outcome: string, seconds: number): void {
+    const key = `${target}\u0000${outcome}`;
+    let a = this.attemptChildren.get(key);
+    if (!a) {
+      a = this.deliveryAttempts.labels(target, outcome);
+      this.attemptChildren.set(key, a);
+    }
+    a.inc();
+    let h = this.secondsChildren.get(target);
+    if (!h) {
+      h = this.deliverySeconds.labels(target);
+      this.secondsChildren.set(target, h);
+    }
+    h.observe(seconds);
   }
 
   ingest(route: string, code: number): void {

@@ -1,0 +1,174 @@
+/**
+ * What delivery keeps in the log's LMDB environment, beside the entries: each target's
+ * offset (`consumers`), the requests it is retrying after the offset passed them
+ * (`retries`), and its dead letters (`dead`). One environment, so that moving an offset,
+ * parking a retrying request and writing a dead letter are one transaction.
+ *
+ * Retry and dead-letter records hold the envelope's own bytes: retention may remove the
+ * entry from the log once the offset passed it, and the record still has everything.
+ * Keys are [target, offset] (ordered-binary), so one target's records are one range.
+ */
+import type { Database, RootDatabase } from 'lmdb';
+import { Packr } from 'msgpackr';
+import { CrowdError } from '../errors';
+
+/** A request held outside the log: waiting for its next attempt, or dead-lettered. */
+export interface Held {
+  /** The stored envelope bytes (`codec.ts`). */
+  readonly envelope: Uint8Array;
+  readonly attempts: number;
+  /** Last upstream status; 0 when the last attempt got no response. */
+  readonly status: number;
+  readonly error: string;
+  readonly first_attempt_at: number;
+  /** Retry: when the next attempt is due. Dead letter: when it was dead-lettered. */
+  readonly at: number;
+}
+
+export interface HeldEntry {
+  readonly offset: number;
+  readonly held: Held;
+}
+
+/** Everything one consumer commit writes, in one transaction with the other consumers'. */
+export interface ConsumerCommit {
+  readonly target: string;
+  /** The new offset (every entry up to it is finished or held); absent: unchanged. */
+  readonly offset?: number;
+  /** Retrying requests the offset passes (or whose attempt count changed). */
+  readonly park: readonly HeldEntry[];
+  /** Retry records to delete (delivered, or moved to the dead letters). */
+  readonly unpark: readonly number[];
+  readonly dead: readonly HeldEntry[];
+}
+
+const VERSION = 1;
+const packr = new Packr({ useRecords: false, structuredClone: false, moreTypes: false, bundleStrings: false });
+const MAX_OFFSET = Number.MAX_SAFE_INTEGER;
+
+export function encodeHeld(h: Held): Buffer {
+  return packr.pack([VERSION, h.envelope, h.attempts, h.status, h.error, h.first_attempt_at, h.at]);
+}
+
+export function decodeHeld(bytes: Uint8Array): Held {
+  const a = packr.unpack(bytes) as unknown[];
+  if (!Array.isArray(a) || a[0] !== VERSION) throw new CrowdError('CROWD_ERR_HELD', `not a version ${VERSION} held-request record (${bytes.length} bytes)`);
+  return {
+    // A copy: the value buffer may be reused by the next read.
+    envelope: Buffer.from(a[1] as Uint8Array),
+    attempts: a[2] as number,
+    status: a[3] as number,
+    error: a[4] as string,
+    first_attempt_at: a[5] as number,
+    at: a[6] as number,
+  };
+}
+
+type Key = [string, number];
+
+export class DeliveryStore {
+  constructor(
+    private readonly env: RootDatabase,
+    private readonly consumers: Database<number, string>,
+    private readonly retries: Database<Buffer, Key>,
+    private readonly dead: Database<Buffer, Key>,
+    /** Runs a write through the log, which fails (crash-stop) on a failed commit. */
+    private readonly write: <T>(op: () => Promise<T>) => Promise<T>,
+  ) {}
+
+  offset(target: string): number {
+    return this.consumers.get(target) ?? 0;
+  }
+
+  hasOffset(target: string): boolean {
+    return this.consumers.get(target) !== undefined;
+  }
+
+  async setOffset(target: string, offset: number): Promise<void> {
+    await this.write(() => this.consumers.put(target, offset));
+  }
+
+  /** Every retry record of a target: offset, attempts and due time (the envelope stays on disk). */
+  retryIndex(target: string): { offset: number; attempts: number; due: number; received_at?: number }[] {
+    const out: { offset: number; attempts: number; due: number }[] = [];
+    for (const { key, value } of this.retries.getRange({ start: [target, 0], end: [target, MAX_OFFSET] })) {
+      const h = decodeHeld(value);
+      out.push({ offset: key[1], attempts: h.attempts, due: h.at });
+    }
+    return out;
+  }
+
+  retry(target: string, offset: number): Held | undefined {
+    const v = this.retries.get([target, offset]);
+    return v === undefined ? undefined : decodeHeld(v);
+  }
+
+  deadCount(target: string): number {
+    return this.dead.getCount({ start: [target, 0], end: [target, MAX_OFFSET] });
+  }
+
+  retryCount(target: string): number {
+    return this.retries.getCount({ start: [target, 0], end: [target, MAX_OFFSET] });
+  }
+
+  /** Dead letters of a target with offset > after, oldest first. */
+  deadLetters(target: string, after: number, limit: number): HeldEntry[] {
+    const out: HeldEntry[] = [];
+    for (const { key, value } of this.dead.getRange({ start: [target, after + 1], end: [target, MAX_OFFSET], limit })) {
+      out.push({ offset: key[1], held: decodeHeld(value) });
+    }
+    return out;
+  }
+
+  /** One transaction for all the commits (offsets, parked retries, dead letters). */
+  async commit(commits: readonly ConsumerCommit[]): Promise<void> {
+    await this.write(() =>
+      this.env.transaction(() => {
+        for (const c of commits) {
+          for (const o of c.unpark) this.retries.remove([c.target, o]);
+          for (const p of c.park) this.retries.put([c.target, p.offset], encodeHeld(p.held));
+          for (const d of c.dead) this.dead.put([c.target, d.offset], encodeHeld(d.held));
+          if (c.offset !== undefined) this.consumers.put(c.target, c.offset);
+        }
+      }),
+    );
+  }
+
+  /**
+   * Moves dead letters (the given offsets, or the oldest `limit`) back to the retry records,
+   * due at `now`, keeping their attempt counts. Returns what was moved.
+   */
+  async replayDead(target: string, offsets: readonly number[] | null, limit: number, now: number): Promise<{ offset: number; attempts: number; due: number }[]> {
+    const picked = this.pickDead(target, offsets, limit);
+    await this.write(() =>
+      this.env.transaction(() => {
+        for (const { offset, held } of picked) {
+          this.dead.remove([target, offset]);
+          this.retries.put([target, offset], encodeHeld({ ...held, at: now }));
+        }
+      }),
+    );
+    return picked.map((p) => ({ offset: p.offset, attempts: p.held.attempts, due: now }));
+  }
+
+  /** Deletes dead letters (the given offsets, or the oldest `limit`); returns how many. */
+  async purgeDead(target: string, offsets: readonly number[] | null, limit: number): Promise<number> {
+    const picked = this.pickDead(target, offsets, limit);
+    await this.write(() =>
+      this.env.transaction(() => {
+        for (const { offset } of picked) this.dead.remove([target, offset]);
+      }),
+    );
+    return picked.length;
+  }
+
+  private pickDead(target: string, offsets: readonly number[] | null, limit: number): HeldEntry[] {
+    if (offsets === null) return this.deadLetters(target, 0, limit);
+    const out: HeldEntry[] = [];
+    for (const o of offsets.slice(0, limit)) {
+      const v = this.dead.get([target, o]);
+      if (v !== undefined) out.push({ offset: o, held: decodeHeld(v) });
+    }
+    return out;
+  }
+}
