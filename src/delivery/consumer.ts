@@ -398,14 +398,15 @@ export class Consumer {
         this.toRetry(item, now + this.t.retry.max);
         break;
       case 'retry': {
-        this.breaker.failure(now, (opens) => Math.max(this.t.retry.base, backoffMs(opens + 1, this.t.retry.base, this.t.retry.max, this.random)));
+        const ra = r.status === null ? null : parseRetryAfter(r.retryAfter, now);
+        // An upstream that says when to come back is waited for (holdUntil), not counted as broken.
+        if (ra === null) this.breaker.failure(now, (opens) => Math.max(this.t.retry.base, backoffMs(opens + 1, this.t.retry.base, this.t.retry.max, this.random)));
+        else this.holdUntil = Math.max(this.holdUntil, now + retryDelayMs(item.attempts, ra, this.t.retry.base, this.t.retry.max));
         if (now - item.received_at >= this.t.retry.max_age) {
           item.error = `older than retry.max_age (${Math.round(this.t.retry.max_age / 1000)} s) after ${item.attempts} attempts; last: ${r.error}`;
           this.toDead(item, now);
           break;
         }
-        const ra = r.status === null ? null : parseRetryAfter(r.retryAfter, now);
-        if (ra !== null) this.holdUntil = Math.max(this.holdUntil, now + Math.min(ra, this.t.retry.max));
         this.toRetry(item, now + retryDelayMs(item.attempts, ra, this.t.retry.base, this.t.retry.max, this.random));
         break;
       }

@@ -49,9 +49,10 @@ export function parseRetryAfter(value: string | string[] | undefined | null, now
 
 /**
  * The wait before the next attempt after a retryable failure: the upstream's Retry-After
- * when it sent one (clamped to `max`), else the jittered backoff.
+ * when it sent one (at least `base`, so that "Retry-After: 0" cannot make a busy loop, and
+ * at most `max`), else the jittered backoff.
  */
 export function retryDelayMs(attempt: number, retryAfterMs: number | null, base: number, max: number, random: () => number = Math.random): number {
-  if (retryAfterMs !== null) return Math.min(retryAfterMs, max);
+  if (retryAfterMs !== null) return Math.min(Math.max(retryAfterMs, base), max);
   return backoffMs(attempt, base, max, random);
 }
