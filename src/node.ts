@@ -96,7 +96,7 @@ export class CrowdNode {
     const delivery = new Delivery({ config, log, logger, metrics: this.metrics });
     this.delivery = delivery;
     // Before ingest starts: every acknowledgement after this point is counted per target.
-    delivery.start();
+    await delivery.start();
     const ingest = new IngestServer({ uws: loadNativeUws(), config, log, metrics: this.metrics, accepted: (route) => delivery.accepted(route) });
     this.ingest = ingest;
     const port = await ingest.start();

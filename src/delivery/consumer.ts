@@ -169,10 +169,11 @@ export class Consumer {
    * ingest starts, so that every later acknowledgement is counted by `acceptedOne`), then
    * counts the backlog and starts sending.
    */
-  init(): { backlogFrom: number; backlogThrough: number } {
+  init(): { backlogFrom: number; backlogThrough: number; isNew: boolean } {
     const { log } = this.d;
     const store = log.delivery;
-    if (!store.hasOffset(this.name)) {
+    const isNew = !store.hasOffset(this.name);
+    if (isNew) {
       // A new target starts after what the log already holds (what a new NSQ channel or a
       // Kafka consumer with auto.offset.reset=latest does); `crowd replay` sends older entries.
       this.committedOffset = log.durableOffset();
@@ -195,13 +196,16 @@ export class Consumer {
     }
     this.deadCount = store.deadCount(this.name);
     this.accepted = this.retrying.size + this.deadCount;
-    return { backlogFrom: this.head, backlogThrough: log.durableOffset() };
+    return { backlogFrom: this.head, backlogThrough: log.durableOffset(), isNew };
+  }
+
+  /** The offset a new target starts from (stored before ingest starts accepting). */
+  initialOffset(): number {
+    return this.committedOffset;
   }
 
   /** Counts the backlog found at start, stores a new target's offset, and starts sending. */
   async start(backlog: { backlogFrom: number; backlogThrough: number }): Promise<void> {
-    const store = this.d.log.delivery;
-    if (!store.hasOffset(this.name)) await store.setOffset(this.name, this.committedOffset);
     if (backlog.backlogThrough >= backlog.backlogFrom) {
       const n = await this.d.log.countRoutes(backlog.backlogFrom, backlog.backlogThrough, this.d.routes);
       // Parked requests inside the range are counted once (as retrying).

@@ -64,11 +64,16 @@ export class Delivery {
   }
 
   /**
-   * Loads every consumer's state synchronously (call before ingest starts, so that every
-   * later acknowledgement is counted), then counts backlogs and starts sending in the background.
+   * Loads every consumer's state and stores new targets' offsets (await it before ingest
+   * starts, so that every later acknowledgement is counted), then counts backlogs and
+   * starts sending in the background.
    */
-  start(): void {
+  async start(): Promise<void> {
     const inits = [...this.consumers.values()].map((c) => ({ c, backlog: c.init() }));
+    // A new target's starting offset is durable before any request is accepted: a crash
+    // right after start must not move it past requests accepted meanwhile.
+    const fresh = inits.filter((i) => i.backlog.isNew);
+    if (fresh.length > 0) await this.deps.log.delivery.commit(fresh.map((i) => ({ target: i.c.name, offset: i.c.initialOffset(), park: [], unpark: [], dead: [] })));
     this.deps.log.onDurable(() => {
       for (const c of this.consumers.values()) c.notify();
     });
