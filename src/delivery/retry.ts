@@ -42,6 +42,8 @@ export function parseRetryAfter(value: string | string[] | undefined | null, now
   const v = value.trim();
   if (v === '') return null;
   if (/^\d+$/.test(v)) return Math.min(Number(v), 10 ** 9) * 1000;
+  // An HTTP date has a day or month name; Date.parse alone would take "-3" as a year.
+  if (!/[a-z]/i.test(v)) return null;
   const date = Date.parse(v);
   if (Number.isNaN(date)) return null;
   return Math.max(0, date - now);

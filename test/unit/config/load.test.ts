@@ -52,7 +52,19 @@ t.test('target and route fields get their defaults', async (t) => {
   t.equal(c.targets[0]!.type, 'http');
   t.equal(c.targets[0]!.concurrency, 16);
   t.equal(c.targets[0]!.timeout, 10_000);
-  t.same(c.targets[0]!.retry, { base: 200, max: 60_000, max_age: 72 * 3600 * 1000 });
+  t.same(c.targets[0]!.retry, { base: 200, max: 60_000, max_age: 72 * 3600 * 1000, permanent: [400, 404, 405, 410, 413, 415, 422] });
+  t.equal(c.targets[0]!.ordered, false);
+});
+
+t.test('delivery keys: ordered is a boolean, permanent statuses, types without a sink', async (t) => {
+  const base = '[[routes]]\nname = "r"\npath = "/r"\ntargets = ["a"]\n[[targets]]\nname = "a"\nurl = "http://127.0.0.1:1"\n';
+  const ok = parseConfigText(base + 'ordered = true\nretry = { permanent = [400, 409] }\n', 'x.toml');
+  t.equal(ok.targets[0]!.ordered, true);
+  t.same(ok.targets[0]!.retry.permanent, [400, 409]);
+  t.match(problems(base + 'ordered = "yes"\n'), [/c\.toml: targets\[0\]\.ordered: expected true or false, got the string "yes"/]);
+  t.match(problems(base + 'retry = { permanent = [401] }\n'), [/c\.toml: targets\[0\]\.retry\.permanent\[0\]: 401 pauses the target/]);
+  t.match(problems(base + 'retry = { permanent = [200] }\n'), [/targets\[0\]\.retry\.permanent\[0\]: 200 is out of range \(300 to 599\)/]);
+  t.match(problems('[[targets]]\nname = "n"\ntype = "nats"\nurl = "nats://127.0.0.1:4222"\n'), [/targets\[0\]\.type: "nats" is not supported by this version/]);
 });
 
 t.test('unknown keys are errors, with their key path', async (t) => {
