@@ -83,6 +83,8 @@ const COMMIT_ERROR_WAIT_MS = 500;
 /** A commit still unsettled after this long means the writer is stuck: crash-stop. */
 export const COMMIT_STALL_MS = 30_000;
 
+/** Share of log.max_bytes above which retention removes passed entries whatever their age. */
+export const RETENTION_PRESSURE = 0.9;
 /** Records removed per retention transaction: keeps each write transaction small. */
 export const RETENTION_CHUNK = 1000;
 /** lmdb map size: a ceiling on the data file; the file is sparse, so this costs address space only. */
@@ -489,14 +491,18 @@ export class Log {
   }
 
   /**
-   * Removes entries that every consumer has passed and that are older than the retention.
-   * No consumer configured: nothing is removed. Returns the number of entries removed.
+   * Removes entries that every consumer has passed and that are older than the retention
+   * (or, above RETENTION_PRESSURE of max_bytes, whatever their age). No consumer
+   * configured: nothing is removed. Returns the number of entries removed.
    */
   async applyRetention(): Promise<number> {
     if (this.opts.consumers.length === 0 || this.opts.readOnly) return 0;
     let passed = Math.min(...this.opts.consumers.map((c) => this.consumerOffset(c)));
     passed = Math.min(passed, this.durable);
-    const cutoff = this.now() - this.opts.retentionMs;
+    // Near log.max_bytes, delivered entries go before their retention time: the quota is
+    // for what is still owed to targets, not for replay history.
+    const pressed = this.bytesDurable + this.bytesPending >= this.opts.maxBytes * RETENTION_PRESSURE;
+    const cutoff = pressed ? Infinity : this.now() - this.opts.retentionMs;
     let removed = 0;
     for (;;) {
       const keys: number[] = [];

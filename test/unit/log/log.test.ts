@@ -155,6 +155,21 @@ t.test('retention', async (t) => {
   t.same(await appendTurn(log, 2), [41, 42], 'offsets are never reused after retention emptied the log');
 });
 
+t.test('near max_bytes, retention removes passed entries before their time, never unpassed ones', async (t) => {
+  const dir = join(tempDir(), 'log');
+  const log = await Log.open(base(dir, { consumers: ['a'], retentionMs: 3_600_000, maxBytes: 4000 }));
+  t.teardown(() => log.close());
+  await appendTurn(log, 10, undefined, 'x'.repeat(200));
+  await appendTurn(log, 10, undefined, 'y'.repeat(200));
+  t.equal(log.refusal(), 'max_bytes', 'over the quota');
+  t.equal(await log.applyRetention(), 0, 'nothing passed: nothing removed, the quota holds');
+  await log.commitOffset('a', 10);
+  t.equal(await log.applyRetention(), 10, 'the delivered record goes although younger than the retention');
+  t.equal(log.stats().first_offset, 11);
+  t.equal(log.refusal(), null, 'room again');
+  t.equal(await log.applyRetention(), 0, 'below the pressure mark the retention time applies again');
+});
+
 t.test('no consumer configured: retention removes nothing', async (t) => {
   const log = await Log.open(base(join(tempDir(), 'log'), { consumers: [], retentionMs: 0 }));
   t.teardown(() => log.close());
