@@ -195,7 +195,12 @@ export class EnvelopeDecodeError extends Error {
   readonly code = 'CROWD_ERR_ENVELOPE';
 }
 
-export function decodeEnvelope(bytes: Uint8Array): Envelope {
+/**
+ * Decodes stored envelope bytes. The body is a view into `bytes` (msgpackr does not copy
+ * binary fields) unless `copyBody`: callers that keep the envelope across awaits must copy,
+ * because lmdb-js may reuse its read buffers.
+ */
+export function decodeEnvelope(bytes: Uint8Array, copyBody = false): Envelope {
   const a = packr.unpack(bytes) as unknown[];
   if (!Array.isArray(a) || a.length !== FIELDS || a[0] !== VERSION) {
     throw new EnvelopeDecodeError(`not a version ${VERSION} envelope (${bytes.length} bytes)`);
@@ -213,7 +218,7 @@ export function decodeEnvelope(bytes: Uint8Array): Envelope {
     query: a[7] as string,
     headers,
     remote: a[9] as string,
-    body: a[10] as Uint8Array,
+    body: copyBody ? Buffer.from(a[10] as Uint8Array) : (a[10] as Uint8Array),
   };
 }
 

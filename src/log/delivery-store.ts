@@ -89,11 +89,12 @@ export class DeliveryStore {
   }
 
   /** Every retry record of a target: offset, attempts and due time (the envelope stays on disk). */
-  retryIndex(target: string): { offset: number; attempts: number; due: number; received_at?: number }[] {
+  retryIndex(target: string): { offset: number; attempts: number; due: number }[] {
     const out: { offset: number; attempts: number; due: number }[] = [];
     for (const { key, value } of this.retries.getRange({ start: [target, 0], end: [target, MAX_OFFSET] })) {
-      const h = decodeHeld(value);
-      out.push({ offset: key[1], attempts: h.attempts, due: h.at });
+      // The envelope is not copied: only the attempt count and due time stay in memory.
+      const a = packr.unpack(value) as unknown[];
+      out.push({ offset: key[1], attempts: a[2] as number, due: a[6] as number });
     }
     return out;
   }

@@ -361,15 +361,14 @@ export class Log {
     // The record holding `from` starts at the greatest key <= from.
     let start = from;
     for (const key of this.entries.getKeys({ start: from, reverse: true, limit: 1 })) start = key;
-    for (const { key, value: stored } of this.entries.getRange({ start, end: end + 1 })) {
+    for (const { key, value } of this.entries.getRange({ start, end: end + 1 })) {
       let more = true;
-      // Envelopes held across awaits (delivery) must not share lmdb-js's read buffers.
-      const value = copy ? Buffer.from(stored) : stored;
       forEachInRecord(value, (i, bytes) => {
         const offset = key + i;
         if (offset > end) return (more = false);
         if (offset >= from) {
-          const e = decodeEnvelope(bytes);
+          // Envelopes held across awaits (delivery) must not share lmdb-js's read buffers.
+          const e = decodeEnvelope(bytes, copy);
           assert(e.offset === offset, `record ${key} holds offset ${e.offset} at position ${i}`);
           out.push(e);
           if (out.length >= limit) return (more = false);
