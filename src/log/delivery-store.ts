@@ -126,8 +126,10 @@ export class DeliveryStore {
     await this.write(() =>
       this.env.transaction(() => {
         for (const c of commits) {
-          for (const o of c.unpark) this.retries.remove([c.target, o]);
+          // Parks first: a request parked and then delivered (or dead-lettered) before this
+          // commit has both a park and an unpark here, and must end up without a record.
           for (const p of c.park) this.retries.put([c.target, p.offset], encodeHeld(p.held));
+          for (const o of c.unpark) this.retries.remove([c.target, o]);
           for (const d of c.dead) this.dead.put([c.target, d.offset], encodeHeld(d.held));
           if (c.offset !== undefined) this.consumers.put(c.target, c.offset);
         }
