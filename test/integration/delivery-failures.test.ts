@@ -210,3 +210,38 @@ t.test('older than retry.max_age: dead-lettered after its last failed attempt', 
   const f = await checkIdentity(t, crowd, 'api');
   t.equal(f.lag, 0);
 });
+
+t.test('the attempt count survives a restart (kill -9)', async (t) => {
+  // Retry-After: 1 makes the attempts exactly 1 s apart, so the kill lands between two.
+  const up = await Upstream.start(0, () => ({ status: 503, headers: { 'retry-after': '1' } }));
+  const crowd = new Crowd({
+    config: {
+      routes: [{ name: 'leads', path: '/leads', targets: ['api'] }],
+      targets: [{ name: 'api', url: up.url(), retry: { base: '100ms', max: '5s' } }],
+    },
+  });
+  await crowd.start();
+  t.teardown(async () => {
+    await crowd.stop();
+    await up.close();
+  });
+  const [id] = await post(crowd, 1);
+  await up.until(() => up.received.length >= 2, 10_000, 'two attempts');
+  // Parked (offset passed, retry record written) before the kill.
+  await waitFor(async () => {
+    const s = await targetStatus(crowd, 'api');
+    return s.committed_offset === 1 && s.retrying === 1;
+  }, 5000, 'parked and committed');
+  await new Promise((r) => setTimeout(r, 300)); // the commit after the second attempt
+  const before = up.received.length;
+  t.equal(before, 2);
+  await crowd.kill9();
+  up.respond = () => ({ status: 200 });
+  await crowd.start();
+  await up.until(() => up.received.length > before, 10_000, 'the next attempt after the restart');
+  const next = up.received[before]!;
+  t.equal(next.headers['crowd-id'], id);
+  t.equal(Number(next.headers['crowd-attempt']), before + 1, 'counting goes on from where it was');
+  await waitFor(async () => (await targetStatus(crowd, 'api')).lag === 0, 5000, 'delivered');
+  await checkIdentity(t, crowd, 'api');
+});
