@@ -184,16 +184,7 @@ export class Consumer {
       this.committedOffset = store.offset(this.name);
     }
     this.head = this.next = this.committedOffset + 1;
-    for (const r of store.retryIndex(this.name)) {
-      const item = this.newItem(r.offset, null, 0);
-      item.attempts = r.attempts;
-      item.due = r.due;
-      item.state = 'waiting';
-      item.inWindow = false;
-      item.parked = true;
-      this.retrying.set(r.offset, item);
-      this.due.push(item);
-    }
+    for (const r of store.retryIndex(this.name)) this.addParked(r);
     this.deadCount = store.deadCount(this.name);
     this.accepted = this.retrying.size + this.deadCount;
     return { backlogFrom: this.head, backlogThrough: log.durableOffset(), isNew };
@@ -600,17 +591,22 @@ export class Consumer {
   /** Dead letters moved back into the retry line (by `crowd dlq replay`). */
   replayed(moved: readonly { offset: number; attempts: number; due: number }[]): void {
     for (const m of moved) {
-      const item = this.newItem(m.offset, null, 0);
-      item.attempts = m.attempts;
-      item.due = m.due;
-      item.state = 'waiting';
-      item.inWindow = false;
-      item.parked = true;
-      this.retrying.set(m.offset, item);
-      this.due.push(item);
+      this.addParked(m);
       this.deadCount--;
     }
     this.pump();
+  }
+
+  /** A request with a retry record on disk, waiting for `due` (its envelope is loaded then). */
+  private addParked(r: { offset: number; attempts: number; due: number }): void {
+    const item = this.newItem(r.offset, null, 0);
+    item.attempts = r.attempts;
+    item.due = r.due;
+    item.state = 'waiting';
+    item.inWindow = false;
+    item.parked = true;
+    this.retrying.set(r.offset, item);
+    this.due.push(item);
   }
 
   purgedSome(n: number): void {
