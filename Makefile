@@ -4,7 +4,7 @@ NPM ?= npm
 # Debian packages the tests and benchmarks use (promtool comes with prometheus).
 DEB_PACKAGES := strace wrk prometheus curl
 
-.PHONY: help install deps build run test bench clean
+.PHONY: help install deps build run test bench bench-drain clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -40,6 +40,9 @@ test: deps install ## install what the tests need and run them all
 
 bench: deps install ## run the ingest benchmark (crowd vs the uWS no-op ceiling)
 	node dist/bench/ingest.js
+
+bench-drain: install ## run the drain benchmark (crowd delivering a backlog vs a bare undici client)
+	node dist/bench/drain.js
 
 clean: ## remove build output and the local ./data log
 	rm -rf dist data .tap
