@@ -67,7 +67,8 @@ export interface PendingCommit {
 }
 
 export interface ConsumerEvents {
-  attempt(target: string, outcome: AttemptOutcome, seconds: number): void;
+  /** Records an attempt's duration in seconds. */
+  attemptSeconds(seconds: number): void;
   /** Asks the manager for a commit soon (many passed entries are not committed yet). */
   commitSoon(): void;
 }
@@ -97,6 +98,7 @@ export interface ConsumerStatus {
   accepted: number;
   delivered: number;
   purged: number;
+  attempts: Readonly<Record<AttemptOutcome, number>>;
   last_error: { at: string; status: number | null; message: string; offset: number } | null;
   next_attempt_at: string | null;
 }
@@ -142,6 +144,7 @@ export class Consumer {
   delivered = 0;
   deadCount = 0;
   purged = 0;
+  readonly attempts: Record<AttemptOutcome, number> = { delivered: 0, retry: 0, error: 0, timeout: 0, dead: 0, paused: 0 };
 
   private state: 'starting' | 'running' | 'rewinding' | 'stopped' = 'starting';
   private paused = false;
@@ -354,7 +357,8 @@ export class Consumer {
     const now = this.now();
     const verdict = classify(r.status, this.permanent);
     const outcome: AttemptOutcome = verdict === 'retry' ? (r.status === null ? (r.timedOut ? 'timeout' : 'error') : 'retry') : verdict === 'pause' ? 'paused' : verdict;
-    this.d.events.attempt(this.name, outcome, (performance.now() - started) / 1000);
+    this.attempts[outcome]++;
+    this.d.events.attemptSeconds((performance.now() - started) / 1000);
     if (gen !== this.gen && !item.parked) {
       // Rewound meanwhile: this entry is read again from the log and sent again.
       this.breaker.release();
@@ -646,6 +650,7 @@ export class Consumer {
       accepted: this.accepted,
       delivered: this.delivered,
       purged: this.purged,
+      attempts: { ...this.attempts },
       last_error: this.lastError ? { at: new Date(this.lastError.at).toISOString(), status: this.lastError.status, message: this.lastError.message, offset: this.lastError.offset } : null,
       next_attempt_at: nextAt === null ? null : new Date(nextAt).toISOString(),
     };

@@ -50,7 +50,7 @@ export class Delivery {
         sink: makeSink(t),
         logger: deps.logger,
         events: {
-          attempt: (target, outcome, seconds) => deps.metrics.deliveryAttempt(target, outcome, seconds),
+          attemptSeconds: ((h) => (seconds: number) => h.observe(seconds))(deps.metrics.deliverySecondsOf(t.name)),
           commitSoon: () => this.commitSoon(),
         },
       });

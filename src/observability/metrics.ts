@@ -23,6 +23,8 @@ export interface TargetFigures {
   lag: number;
   in_flight: number;
   retrying: number;
+  /** Attempts by outcome. */
+  attempts: Readonly<Record<string, number>>;
 }
 
 export class Metrics {
@@ -32,10 +34,7 @@ export class Metrics {
   readonly commitBatchSize: Histogram;
   readonly commitSeconds: Histogram;
   readonly retentionRemoved: Counter;
-  readonly deliveryAttempts: Counter<'target' | 'outcome'>;
-  readonly deliverySeconds: Histogram<'target'>;
-  private readonly attemptChildren = new Map<string, { inc(): void }>();
-  private readonly secondsChildren = new Map<string, { observe(v: number): void }>();
+  readonly deliverySeconds: BatchHistogram;
   private readonly ingestChildren = new Map<string, { inc(): void }>();
 
   constructor(sources: { log: () => LogGauges | null; targets: () => TargetFigures[]; maxBytes: number }) {
@@ -91,16 +90,19 @@ export class Metrics {
     logGauge('crowd_log_bytes', 'Bytes of envelopes held in the log.', (g) => g.bytes);
     logGauge('crowd_log_pending_writes', 'Appends waiting for their flush.', (g) => g.pending_writes);
     new Gauge({ name: 'crowd_log_max_bytes', help: 'Configured log.max_bytes.', registers: [registry] }).set(sources.maxBytes);
-    this.deliveryAttempts = new Counter({
+    new Counter({
       name: 'crowd_delivery_attempts_total',
       help: 'Delivery attempts by target and outcome: delivered (2xx), retry (retryable status), error (no response), timeout, dead (dead-lettered), paused (401/403).',
       labelNames: ['target', 'outcome'],
       registers: [registry],
+      collect() {
+        this.reset();
+        for (const f of sources.targets()) for (const [outcome, n] of Object.entries(f.attempts)) if (n > 0) this.labels(f.name, outcome).inc(n);
+      },
     });
-    this.deliverySeconds = new Histogram({
+    this.deliverySeconds = new BatchHistogram({
       name: 'crowd_delivery_seconds',
       help: 'Duration of delivery attempts (request sent to response headers and body read).',
-      labelNames: ['target'],
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [registry],
     });
@@ -126,20 +128,9 @@ export class Metrics {
     perTarget('gauge', 'crowd_delivery_retrying', 'Requests waiting for another attempt.', (f) => f.retrying);
   }
 
-  deliveryAttempt(target: string, outcome: string, seconds: number): void {
-    const key = `${target}\u0000${outcome}`;
-    let a = this.attemptChildren.get(key);
-    if (!a) {
-      a = this.deliveryAttempts.labels(target, outcome);
-      this.attemptChildren.set(key, a);
-    }
-    a.inc();
-    let h = this.secondsChildren.get(target);
-    if (!h) {
-      h = this.deliverySeconds.labels(target);
-      this.secondsChildren.set(target, h);
-    }
-    h.observe(seconds);
+  /** Records attempt durations of one target (seconds). */
+  deliverySecondsOf(target: string): { observe(seconds: number): void } {
+    return this.deliverySeconds.series({ target });
   }
 
   ingest(route: string, code: number): void {
