@@ -32,6 +32,8 @@ export const WINDOW_MAX = 8192;
 export const READ_BATCH = 512;
 /** Requests waiting for a retry (in memory and parked); past it, no new entries are read. */
 export const RETRYING_MAX = 100_000;
+/** setTimeout's largest delay; a longer wait wakes up early and sleeps again. */
+const TIMER_MAX_MS = 2 ** 31 - 1;
 /** Passed entries not yet committed that make the consumer ask for a commit now. */
 const COMMIT_EARLY = WINDOW_MAX / 4;
 
@@ -46,6 +48,8 @@ export interface Item {
   /** Null while parked on disk (loaded again when due). */
   env: Envelope | null;
   received_at: number;
+  /** When a dead letter was replayed (0: never); retry.max_age counts from the later of the two. */
+  replayedAt: number;
   attempts: number;
   due: number;
   status: number;
@@ -128,7 +132,13 @@ export class Consumer {
   private queueStart = 0;
   /** Every request waiting for another attempt or being retried, by offset. */
   private readonly retrying = new Map<number, Item>();
-  private readonly due = new MinHeap<Item>((i) => i.due);
+  /** Ordered by due time, then offset (so that equal times keep offset order). */
+  private readonly due = new MinHeap<Item>((a, b) => a.due < b.due || (a.due === b.due && a.offset < b.offset));
+  /**
+   * Offsets past `next` not to send from the log because the target holds them already (a
+   * retry record or a dead letter): after a restart or a rewind the main line reads them again.
+   */
+  private readonly skip = new Set<number>();
   private inFlight = 0;
   private gen = 0;
 
@@ -172,7 +182,7 @@ export class Consumer {
    * ingest starts, so that every later acknowledgement is counted by `acceptedOne`), then
    * counts the backlog and starts sending.
    */
-  init(): { backlogFrom: number; backlogThrough: number; isNew: boolean } {
+  init(): { backlogFrom: number; backlogThrough: number; store: boolean } {
     const { log } = this.d;
     const store = log.delivery;
     const isNew = !store.hasOffset(this.name);
@@ -186,14 +196,36 @@ export class Consumer {
     } else {
       this.committedOffset = store.offset(this.name);
     }
+    let storeOffset = isNew;
+    const first = log.firstOffset();
+    if (this.committedOffset + 1 < first) {
+      // Retention removed entries past this offset while the target was not configured.
+      this.d.logger.warn(
+        { event: 'target_offset_behind', target: this.name, offset: this.committedOffset, first_offset: first },
+        `target ${this.name}: its offset ${this.committedOffset} is below the first entry the log holds (${first}; removed while the target was not configured): it starts at ${first}`,
+      );
+      this.committedOffset = first - 1;
+      storeOffset = true;
+    }
     this.head = this.next = this.committedOffset + 1;
-    for (const r of store.retryIndex(this.name)) this.addParked(r);
+    for (const r of store.retryIndex(this.name)) {
+      this.addParked(r);
+      if (r.offset > this.committedOffset) this.skip.add(r.offset);
+    }
+    for (const o of store.deadOffsets(this.name, this.committedOffset + 1)) this.skip.add(o);
     this.deadCount = store.deadCount(this.name);
     this.accepted = this.retrying.size + this.deadCount;
-    return { backlogFrom: this.head, backlogThrough: log.durableOffset(), isNew };
+    return { backlogFrom: this.head, backlogThrough: log.durableOffset(), store: storeOffset };
   }
 
-  /** The offset a new target starts from (stored before ingest starts accepting). */
+  /** How many offsets of the skip set lie in [from, through]. */
+  private skippedIn(from: number, through: number): number {
+    let n = 0;
+    for (const o of this.skip) if (o >= from && o <= through) n++;
+    return n;
+  }
+
+  /** The offset a new (or moved-up) target starts from (stored before ingest starts accepting). */
   initialOffset(): number {
     return this.committedOffset;
   }
@@ -201,11 +233,13 @@ export class Consumer {
   /** Counts the backlog found at start, stores a new target's offset, and starts sending. */
   async start(backlog: { backlogFrom: number; backlogThrough: number }): Promise<void> {
     if (backlog.backlogThrough >= backlog.backlogFrom) {
-      const n = await this.d.log.countRoutes(backlog.backlogFrom, backlog.backlogThrough, this.d.routes);
-      // Parked requests inside the range are counted once (as retrying).
-      let parkedInRange = 0;
-      for (const o of this.retrying.keys()) if (o >= backlog.backlogFrom && o <= backlog.backlogThrough) parkedInRange++;
-      this.accepted += n - parkedInRange;
+      try {
+        const n = await this.d.log.countRoutes(backlog.backlogFrom, backlog.backlogThrough, this.d.routes);
+        // Requests held as retrying or dead are counted once (there), not again as backlog.
+        this.accepted += n - this.skippedIn(backlog.backlogFrom, backlog.backlogThrough);
+      } catch (err) {
+        this.d.logger.error({ event: 'backlog_count_failed', target: this.name, err }, `target ${this.name}: counting the backlog failed (${(err as Error).message}); delivery starts, lag and accepted exclude the backlog`);
+      }
     }
     if (this.state !== 'starting') return;
     this.state = 'running';
@@ -230,7 +264,7 @@ export class Consumer {
   };
 
   private newItem(offset: number, env: Envelope | null, receivedAt: number): Item {
-    return { offset, env, received_at: receivedAt, attempts: 0, due: 0, status: 0, error: '', firstAttemptAt: 0, state: 'pending', inWindow: true, parked: false, gen: this.gen };
+    return { offset, env, received_at: receivedAt, replayedAt: 0, attempts: 0, due: 0, status: 0, error: '', firstAttemptAt: 0, state: 'pending', inWindow: true, parked: false, gen: this.gen };
   }
 
   /** Sends whatever may be sent now; sets a timer for the next moment something may. */
@@ -256,7 +290,8 @@ export class Consumer {
       }
       if (item === null) break;
       if (!this.breakerOpenUntil(now)) {
-        wakeAt = Math.min(wakeAt, this.breaker.until);
+        // While the probe is out its answer wakes the consumer; else the breaker's time does.
+        if (!this.breaker.probing) wakeAt = Math.min(wakeAt, this.breaker.until);
         break;
       }
       const wait = this.bucket.take(now);
@@ -298,6 +333,14 @@ export class Consumer {
     for (let reads = 0; reads < 8; reads++) {
       const durable = log.durableOffset();
       if (this.next > durable) return null;
+      const first = log.firstOffset();
+      if (this.next < first) {
+        // Entries this target had not passed are gone (removed while it was not configured):
+        // once nothing before them is pending, move on to what the log holds.
+        if (this.slotStart < this.slots.length) return null;
+        this.d.logger.warn({ event: 'target_offset_behind', target: this.name, offset: this.next - 1, first_offset: first }, `target ${this.name}: entries ${this.next}-${first - 1} are no longer in the log; it goes on at ${first}`);
+        this.head = this.next = first;
+      }
       if (this.next - this.committedOffset > WINDOW_MAX || this.retrying.size >= RETRYING_MAX) {
         this.d.events.commitSoon();
         return null;
@@ -306,7 +349,11 @@ export class Consumer {
       const entries = log.read(this.next, READ_BATCH, through, true);
       if (entries.length === 0) return null;
       for (const e of entries) {
-        if (this.d.routes.has(e.route) && !this.retrying.has(e.offset)) {
+        for (let o = this.next; o < e.offset; o++) this.slots.push(null); // a gap (bounded by the window)
+        this.next = e.offset + 1;
+        if (this.skip.size > 0 && this.skip.delete(e.offset)) {
+          this.slots.push(null);
+        } else if (this.d.routes.has(e.route)) {
           const item = this.newItem(e.offset, e, e.received_at);
           this.slots.push(item);
           this.queue.push(item);
@@ -314,7 +361,6 @@ export class Consumer {
           this.slots.push(null);
         }
       }
-      this.next = entries[entries.length - 1]!.offset + 1;
       this.advanceHead();
       if (this.queue.length > 0) return this.queue[0]!;
     }
@@ -330,12 +376,14 @@ export class Consumer {
         // Only a rewind or a purge race can get here; nothing to send.
         this.retrying.delete(item.offset);
         item.state = 'done';
-        this.d.logger.warn({ event: 'retry_missing', target: this.name, offset: item.offset }, `target ${this.name}: retry record of offset ${item.offset} is gone; skipped`);
+        this.purged++; // it left without being delivered or dead-lettered
+        this.d.logger.error({ event: 'retry_missing', target: this.name, offset: item.offset }, `target ${this.name}: the retry record of offset ${item.offset} is gone; counted as purged`);
         this.breaker.release();
         return;
       }
       env = item.env = decodeEnvelope(held.envelope);
       item.received_at = env.received_at;
+      item.replayedAt = held.replayed_at;
       item.status = held.status;
       item.error = held.error;
       item.firstAttemptAt = held.first_attempt_at;
@@ -348,14 +396,14 @@ export class Consumer {
     const started = performance.now();
     this.d.sink.send(env, item.attempts).then(
       (r) => this.finished(item, r, gen, started),
-      (err: Error) => this.finished(item, { status: null, retryAfter: null, error: `sink failed: ${err.message}`, timedOut: false }, gen, started),
+      (err: Error) => this.finished(item, { status: null, retryAfter: null, error: `sink failed: ${err.message}`, timedOut: false, unsendable: false }, gen, started),
     );
   }
 
   private finished(item: Item, r: AttemptResult, gen: number, started: number): void {
     this.inFlight--;
     const now = this.now();
-    const verdict = classify(r.status, this.permanent);
+    const verdict = r.unsendable ? 'dead' : classify(r.status, this.permanent);
     const outcome: AttemptOutcome = verdict === 'retry' ? (r.status === null ? (r.timedOut ? 'timeout' : 'error') : 'retry') : verdict === 'pause' ? 'paused' : verdict;
     this.attempts[outcome]++;
     this.d.events.attemptSeconds((performance.now() - started) / 1000);
@@ -400,8 +448,12 @@ export class Consumer {
         const ra = r.status === null ? null : parseRetryAfter(r.retryAfter, now);
         // An upstream that says when to come back is waited for (holdUntil), not counted as broken.
         if (ra === null) this.breaker.failure(now, (opens) => Math.max(this.t.retry.base, backoffMs(opens + 1, this.t.retry.base, this.t.retry.max, this.random)));
-        else this.holdUntil = Math.max(this.holdUntil, now + retryDelayMs(item.attempts, ra, this.t.retry.base, this.t.retry.max));
-        if (now - item.received_at >= this.t.retry.max_age) {
+        else {
+          this.holdUntil = Math.max(this.holdUntil, now + retryDelayMs(item.attempts, ra, this.t.retry.base, this.t.retry.max));
+          // A probe answered with Retry-After ends the probe; the next one waits that long.
+          if (this.breaker.state === 'half-open') this.breaker.trip(this.holdUntil);
+        }
+        if (now - Math.max(item.received_at, item.replayedAt) >= this.t.retry.max_age) {
           item.error = `older than retry.max_age (${Math.round(this.t.retry.max_age / 1000)} s) after ${item.attempts} attempts; last: ${r.error}`;
           this.toDead(item, now);
           break;
@@ -441,7 +493,7 @@ export class Consumer {
   }
 
   private heldOf(item: Item, at: number): Held {
-    return { envelope: reencodeEnvelope(item.env!), attempts: item.attempts, status: item.status, error: item.error, first_attempt_at: item.firstAttemptAt, at };
+    return { envelope: reencodeEnvelope(item.env!), attempts: item.attempts, status: item.status, error: item.error, first_attempt_at: item.firstAttemptAt, at, replayed_at: item.replayedAt };
   }
 
   /** Moves `head` over finished, dead and waiting entries; the latter two are written by the next commit. */
@@ -489,7 +541,7 @@ export class Consumer {
 
   /** The transaction holding `p` is durable. */
   committed(p: PendingCommit): void {
-    if (p.commit.offset !== undefined && p.gen === this.gen) this.committedOffset = Math.max(this.committedOffset, p.commit.offset);
+    if (p.commit.offset !== undefined && p.gen === this.gen) this.committedOffset = Math.min(this.head - 1, Math.max(this.committedOffset, p.commit.offset));
     // Parked envelopes are on disk now: memory holds only the index of retrying requests.
     for (const item of p.parked) if (item.state === 'waiting') item.env = null;
     this.pump();
@@ -506,7 +558,7 @@ export class Consumer {
         this.timerAt = Infinity;
         this.pump();
       },
-      Math.max(0, at - this.now()),
+      Math.min(TIMER_MAX_MS, Math.max(0, at - this.now())),
     );
     this.timer.unref();
   }
@@ -518,13 +570,14 @@ export class Consumer {
     for (const f of w) f();
   }
 
-  private waitIdle(timeoutMs: number): Promise<void> {
-    if (this.inFlight === 0) return Promise.resolve();
+  /** Resolves true once nothing is in flight, false if that took longer than `timeoutMs`. */
+  private waitIdle(timeoutMs: number): Promise<boolean> {
+    if (this.inFlight === 0) return Promise.resolve(true);
     return new Promise((res) => {
-      const t = setTimeout(res, timeoutMs);
+      const t = setTimeout(() => res(this.inFlight === 0), timeoutMs);
       this.idleWaiters.push(() => {
         clearTimeout(t);
-        res();
+        res(true);
       });
     });
   }
@@ -551,31 +604,39 @@ export class Consumer {
    * Rewinds to `from`: waits for the requests in flight, then re-reads the log from `from`.
    * `persist` stores the new offset (the manager serialises it with the commits).
    */
-  async rewind(from: number, persist: (offset: number) => Promise<void>): Promise<{ from: number; previous: number }> {
+  async rewind(from: number, persist: (offset: number) => Promise<void>): Promise<{ from: number; previous: number; resent: number }> {
     if (this.state !== 'running') throw new Error(`target ${this.name} is ${this.state}`);
-    const first = this.d.log.firstOffset();
+    const { log } = this.d;
+    const first = log.firstOffset();
     this.advanceHead();
     if (from < first) throw new Error(`offset ${from} is no longer in the log (retention removed it); the first offset held is ${first}`);
     if (from > this.head) throw new Error(`offset ${from} is past target ${this.name}'s position (${this.head}); replay rewinds, it does not skip`);
+    // Retention must not remove entries from `from` on before the new offset is stored.
+    const unpin = log.pin(from);
     this.state = 'rewinding';
     try {
-      await this.waitIdle(this.t.timeout + 1000);
-      this.gen++;
+      if (!(await this.waitIdle(this.t.timeout + 1000))) throw new Error(`target ${this.name} still has requests in flight after ${this.t.timeout + 1000} ms; try again`);
       this.advanceHead();
       const previous = this.head;
-      const n = await this.d.log.countRoutes(from, previous - 1, this.d.routes);
-      let parkedInRange = 0;
-      for (const [o, item] of this.retrying) if (o >= from && o < previous && item.parked) parkedInRange++;
-      // Requests read but not passed are read again; dead ones not yet written were counted.
+      const n = await log.countRoutes(from, previous - 1, this.d.routes);
+      if (this.state !== 'rewinding') throw new Error(`target ${this.name} stopped during the rewind`);
+      this.gen++;
+      // What the target holds as retrying or dead is not sent again from the log.
+      for (const o of this.skip) if (o < from) this.skip.delete(o);
+      for (const [o, item] of this.retrying) if (item.parked && o >= from && o < previous) this.skip.add(o);
+      for (const o of this.d.log.delivery.deadOffsets(this.name, from, previous - 1)) this.skip.add(o);
+      for (const d of this.dead) if (d.offset >= from && d.offset < previous) this.skip.add(d.offset);
+      const resent = n - this.skippedIn(from, previous - 1);
+      // Entries read but not passed are read again: dead ones not written yet leave the dead count.
       for (const s of this.slots.slice(this.slotStart)) if (s && s.state === 'dead') this.deadCount--;
       for (const [o, item] of this.retrying) {
         if (!item.parked) this.retrying.delete(o);
         else item.gen = this.gen;
       }
-      // Parked requests due to be written by the next commit stay; the others are read again.
+      // Parked requests (also those whose record the next commit writes) stay in the retry line.
       this.due.clear();
       for (const item of this.retrying.values()) this.due.push(item);
-      this.accepted += n - parkedInRange;
+      this.accepted += resent;
       this.slots = [];
       this.slotStart = 0;
       this.queue = [];
@@ -584,9 +645,10 @@ export class Consumer {
       this.committedOffset = from - 1;
       this.park = this.park.filter((p) => this.retrying.has(p.offset));
       await persist(from - 1);
-      this.d.logger.info({ event: 'target_rewound', target: this.name, from, previous }, `target ${this.name} rewound to offset ${from} (was at ${previous}): ${n} requests will be sent again`);
-      return { from, previous };
+      this.d.logger.info({ event: 'target_rewound', target: this.name, from, previous, resent }, `target ${this.name} rewound to offset ${from} (was at ${previous}): ${resent} requests will be sent again`);
+      return { from, previous, resent };
     } finally {
+      unpin();
       if (this.state === 'rewinding') this.state = 'running';
       this.pump();
     }
@@ -604,6 +666,7 @@ export class Consumer {
   /** A request with a retry record on disk, waiting for `due` (its envelope is loaded then). */
   private addParked(r: { offset: number; attempts: number; due: number }): void {
     const item = this.newItem(r.offset, null, 0);
+    this.skip.delete(r.offset);
     item.attempts = r.attempts;
     item.due = r.due;
     item.state = 'waiting';

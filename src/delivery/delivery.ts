@@ -72,7 +72,7 @@ export class Delivery {
     const inits = [...this.consumers.values()].map((c) => ({ c, backlog: c.init() }));
     // A new target's starting offset is durable before any request is accepted: a crash
     // right after start must not move it past requests accepted meanwhile.
-    const fresh = inits.filter((i) => i.backlog.isNew);
+    const fresh = inits.filter((i) => i.backlog.store);
     if (fresh.length > 0) await this.deps.log.delivery.commit(fresh.map((i) => ({ target: i.c.name, offset: i.c.initialOffset(), park: [], unpark: [], dead: [] })));
     this.deps.log.onDurable(() => {
       for (const c of this.consumers.values()) c.notify();
@@ -91,7 +91,8 @@ export class Delivery {
   }
 
   commitSoon(): void {
-    if (this.commitQueued) return;
+    // After stop only the final commit runs (the log closes right after it).
+    if (this.commitQueued || this.stopped) return;
     this.commitQueued = true;
     this.serial(async () => {
       this.commitQueued = false;
@@ -175,7 +176,12 @@ export class Delivery {
     else if (at.sinceMs !== undefined) from = this.deps.log.offsetAtTime(Date.now() - at.sinceMs);
     else throw new CrowdError('CROWD_ERR_REPLAY', 'replay needs --from OFFSET or --since DURATION');
     try {
-      const r = await c.rewind(from, (offset) => this.serial(() => this.deps.log.delivery.setOffset(target, offset)));
+      const r = await c.rewind(from, (offset) =>
+        this.serial(async () => {
+          if (this.stopped) throw new Error(`target ${target}: crowd is stopping; the rewind was not stored`);
+          await this.deps.log.delivery.setOffset(target, offset);
+        }),
+      );
       return { target, ...r };
     } catch (err) {
       if (err instanceof CrowdError) throw err;

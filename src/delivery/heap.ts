@@ -1,7 +1,7 @@
-/** A binary min-heap ordered by `key` (due times of retrying requests). */
+/** A binary min-heap ordered by `less` (due times of retrying requests, then offsets). */
 export class MinHeap<T> {
   private readonly items: T[] = [];
-  constructor(private readonly key: (item: T) => number) {}
+  constructor(private readonly less: (a: T, b: T) => boolean) {}
 
   get size(): number {
     return this.items.length;
@@ -17,7 +17,7 @@ export class MinHeap<T> {
     let i = a.length - 1;
     while (i > 0) {
       const parent = (i - 1) >> 1;
-      if (this.key(a[parent]!) <= this.key(a[i]!)) break;
+      if (!this.less(a[i]!, a[parent]!)) break;
       [a[parent], a[i]] = [a[i]!, a[parent]!];
       i = parent;
     }
@@ -35,8 +35,8 @@ export class MinHeap<T> {
         const l = 2 * i + 1;
         const r = l + 1;
         let m = i;
-        if (l < a.length && this.key(a[l]!) < this.key(a[m]!)) m = l;
-        if (r < a.length && this.key(a[r]!) < this.key(a[m]!)) m = r;
+        if (l < a.length && this.less(a[l]!, a[m]!)) m = l;
+        if (r < a.length && this.less(a[r]!, a[m]!)) m = r;
         if (m === i) break;
         [a[m], a[i]] = [a[i]!, a[m]!];
         i = m;

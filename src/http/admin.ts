@@ -80,8 +80,15 @@ export class AdminServer {
       app[method](
         `/targets/:target${suffix}`,
         guarded2((res, req) => {
-          const target = decodeURIComponent(req.getParameter(0) ?? '');
+          const raw = req.getParameter(0) ?? '';
           const q = new URLSearchParams(req.getQuery() ?? '');
+          let target: string;
+          try {
+            target = decodeURIComponent(raw);
+          } catch {
+            json(res, 400, { status: 'ERROR', error: `target name "${raw}" is not valid percent-encoding` });
+            return;
+          }
           let aborted = false;
           res.onAborted(() => {
             aborted = true;

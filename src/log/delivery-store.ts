@@ -23,6 +23,8 @@ export interface Held {
   readonly first_attempt_at: number;
   /** Retry: when the next attempt is due. Dead letter: when it was dead-lettered. */
   readonly at: number;
+  /** When it was last replayed from the dead letters (0: never). */
+  readonly replayed_at: number;
 }
 
 export interface HeldEntry {
@@ -45,9 +47,11 @@ export interface ConsumerCommit {
 const VERSION = 1;
 const packr = new Packr({ useRecords: false, structuredClone: false, moreTypes: false, bundleStrings: false });
 const MAX_OFFSET = Number.MAX_SAFE_INTEGER;
+/** Envelope bytes one dead-letter listing returns at most (then the caller pages with `after`). */
+export const LIST_BYTES_MAX = 16 * 1024 * 1024;
 
 export function encodeHeld(h: Held): Buffer {
-  return packr.pack([VERSION, h.envelope, h.attempts, h.status, h.error, h.first_attempt_at, h.at]);
+  return packr.pack([VERSION, h.envelope, h.attempts, h.status, h.error, h.first_attempt_at, h.at, h.replayed_at]);
 }
 
 export function decodeHeld(bytes: Uint8Array): Held {
@@ -61,6 +65,7 @@ export function decodeHeld(bytes: Uint8Array): Held {
     error: a[4] as string,
     first_attempt_at: a[5] as number,
     at: a[6] as number,
+    replayed_at: (a[7] as number | undefined) ?? 0,
   };
 }
 
@@ -112,11 +117,21 @@ export class DeliveryStore {
     return this.retries.getCount({ start: [target, 0], end: [target, MAX_OFFSET] });
   }
 
-  /** Dead letters of a target with offset > after, oldest first. */
+  /** Offsets of a target's dead letters in [from, through]. */
+  deadOffsets(target: string, from: number, through: number = MAX_OFFSET): number[] {
+    const out: number[] = [];
+    for (const key of this.dead.getKeys({ start: [target, from], end: [target, through + 1] })) out.push(key[1]);
+    return out;
+  }
+
+  /** Dead letters of a target with offset > after, oldest first (at most `limit`, and about LIST_BYTES_MAX of envelopes). */
   deadLetters(target: string, after: number, limit: number): HeldEntry[] {
     const out: HeldEntry[] = [];
+    let bytes = 0;
     for (const { key, value } of this.dead.getRange({ start: [target, after + 1], end: [target, MAX_OFFSET], limit })) {
       out.push({ offset: key[1], held: decodeHeld(value) });
+      bytes += value.length;
+      if (bytes >= LIST_BYTES_MAX) break;
     }
     return out;
   }
@@ -139,39 +154,46 @@ export class DeliveryStore {
 
   /**
    * Moves dead letters (the given offsets, or the oldest `limit`) back to the retry records,
-   * due at `now`, keeping their attempt counts. Returns what was moved.
+   * due at `now`, keeping their attempt counts. One record at a time is in memory.
    */
   async replayDead(target: string, offsets: readonly number[] | null, limit: number, now: number): Promise<{ offset: number; attempts: number; due: number }[]> {
-    const picked = this.pickDead(target, offsets, limit);
+    const keys = this.pickDead(target, offsets, limit);
+    const moved: { offset: number; attempts: number; due: number }[] = [];
     await this.write(() =>
       this.env.transaction(() => {
-        for (const { offset, held } of picked) {
+        for (const offset of keys) {
+          const v = this.dead.get([target, offset]);
+          if (v === undefined) continue;
+          const a = packr.unpack(v) as unknown[];
+          a[6] = now; // due now
+          a[7] = now; // replayed now: retry.max_age counts from here
+          this.retries.put([target, offset], packr.pack(a));
           this.dead.remove([target, offset]);
-          this.retries.put([target, offset], encodeHeld({ ...held, at: now }));
+          moved.push({ offset, attempts: a[2] as number, due: now });
         }
       }),
     );
-    return picked.map((p) => ({ offset: p.offset, attempts: p.held.attempts, due: now }));
+    return moved;
   }
 
   /** Deletes dead letters (the given offsets, or the oldest `limit`); returns how many. */
   async purgeDead(target: string, offsets: readonly number[] | null, limit: number): Promise<number> {
-    const picked = this.pickDead(target, offsets, limit);
+    const keys = this.pickDead(target, offsets, limit);
     await this.write(() =>
       this.env.transaction(() => {
-        for (const { offset } of picked) this.dead.remove([target, offset]);
+        for (const offset of keys) this.dead.remove([target, offset]);
       }),
     );
-    return picked.length;
+    return keys.length;
   }
 
-  private pickDead(target: string, offsets: readonly number[] | null, limit: number): HeldEntry[] {
-    if (offsets === null) return this.deadLetters(target, 0, limit);
-    const out: HeldEntry[] = [];
-    for (const o of offsets.slice(0, limit)) {
-      const v = this.dead.get([target, o]);
-      if (v !== undefined) out.push({ offset: o, held: decodeHeld(v) });
+  /** The offsets of existing dead letters: those given, or the oldest `limit`. */
+  private pickDead(target: string, offsets: readonly number[] | null, limit: number): number[] {
+    if (offsets === null) {
+      const out: number[] = [];
+      for (const key of this.dead.getKeys({ start: [target, 0], end: [target, MAX_OFFSET], limit })) out.push(key[1]);
+      return out;
     }
-    return out;
+    return offsets.slice(0, limit).filter((o) => this.dead.doesExist([target, o]));
   }
 }

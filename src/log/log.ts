@@ -120,6 +120,8 @@ export class Log {
   private readonly fatalListeners: ((err: Error) => void)[] = [];
   private readonly batchListeners: ((count: number, seconds: number) => void)[] = [];
   private readonly durableListeners: (() => void)[] = [];
+  /** Offsets retention must keep (with everything after them), e.g. during a rewind. */
+  private readonly pins = new Map<number, number>();
 
   private constructor(opts: LogOptions) {
     this.opts = opts;
@@ -498,6 +500,7 @@ export class Log {
     if (this.opts.consumers.length === 0 || this.opts.readOnly) return 0;
     let passed = Math.min(...this.opts.consumers.map((c) => this.consumerOffset(c)));
     passed = Math.min(passed, this.durable);
+    for (const pinned of this.pins.keys()) passed = Math.min(passed, pinned - 1);
     // Near log.max_bytes, delivered entries go before their retention time: the quota is
     // for what is still owed to targets, not for replay history.
     const pressed = this.bytesDurable + this.bytesPending >= this.opts.maxBytes * RETENTION_PRESSURE;
@@ -530,6 +533,19 @@ export class Log {
       removed += lastRemoved - keys[0]! + 1;
       if (keys.length < RETENTION_CHUNK) return removed;
     }
+  }
+
+  /** Keeps retention from removing `offset` and what follows until the returned function runs. */
+  pin(offset: number): () => void {
+    this.pins.set(offset, (this.pins.get(offset) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = this.pins.get(offset)! - 1;
+      if (n === 0) this.pins.delete(offset);
+      else this.pins.set(offset, n);
+    };
   }
 
   /** Persists the byte count so that the next open scans only entries after it. */

@@ -10,6 +10,8 @@ export interface AttemptResult {
   readonly error: string;
   /** True when the attempt ran out of `timeout`. */
   readonly timedOut: boolean;
+  /** True when the request cannot be sent at all (the client refused to build it): dead-letter it. */
+  readonly unsendable: boolean;
 }
 
 /** Where a target's requests go. One per target; it limits nothing itself (the consumer does). */

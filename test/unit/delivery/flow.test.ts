@@ -52,7 +52,7 @@ t.test('Breaker: opens after consecutive failures, one probe, closes on success'
 });
 
 t.test('MinHeap orders by key', async (t) => {
-  const h = new MinHeap<number>((x) => x);
+  const h = new MinHeap<number>((a, b) => a < b);
   const xs = Array.from({ length: 200 }, () => Math.floor(Math.random() * 1000));
   for (const x of xs) h.push(x);
   const out: number[] = [];

@@ -6,7 +6,7 @@ import { Log } from '../../../src/log/log';
 import { tempDir } from '../../helpers/crowd';
 import type { Held } from '../../../src/log/delivery-store';
 
-const held = (attempts: number, at: number): Held => ({ envelope: Buffer.from([1, 2, 3]), attempts, status: 503, error: 'upstream answered 503', first_attempt_at: 5, at });
+const held = (attempts: number, at: number): Held => ({ envelope: Buffer.from([1, 2, 3]), attempts, status: 503, error: 'upstream answered 503', first_attempt_at: 5, at, replayed_at: 0 });
 
 t.test('commit, replayDead, purgeDead', async (t) => {
   const dir = join(tempDir(), 'log');
