@@ -207,3 +207,30 @@ t.test('requests of other routes are not sent to a target; store-only routes kee
   t.equal(f.accepted, 5, 'accepted counts only the target\'s routes');
   t.equal(f.lag, 0);
 });
+
+t.test('a probe answered with Retry-After does not stall the breaker', async (t) => {
+  const up = await Upstream.start();
+  const port = up.port;
+  await up.close();
+  const crowd = new Crowd({
+    config: {
+      routes: [{ name: 'leads', path: '/leads', targets: ['api'] }],
+      targets: [{ name: 'api', url: `http://127.0.0.1:${port}`, concurrency: 4, retry: { base: '50ms', max: '2s' } }],
+    },
+  });
+  await crowd.start();
+  t.teardown(async () => {
+    await crowd.stop();
+    await up.close();
+  });
+  const ids = await post(crowd, 10);
+  await waitFor(async () => (await targetStatus(crowd, 'api')).state === 'circuit-open', 10_000, 'circuit open');
+  // Back, but busy at first: the probe gets 503 + Retry-After: 1, later requests 200.
+  up.respond = (_r, i) => (i < 1 ? { status: 503, headers: { 'retry-after': '1' } } : { status: 200 });
+  await up.listen(port);
+  await up.until(() => up.ids().size === ids.length, 15_000, 'every id after the busy probe');
+  t.equal(up.received[0]!.headers['crowd-id'] !== undefined, true);
+  t.ok(up.received[1]!.at - up.received[0]!.at >= 900, `the next attempt waited for Retry-After (${up.received[1]!.at - up.received[0]!.at} ms)`);
+  await waitFor(async () => (await targetStatus(crowd, 'api')).state === 'ok', 5000, 'closed again');
+  await checkIdentity(t, crowd, 'api');
+});

@@ -71,3 +71,43 @@ t.test('crowd replay --from and --since re-deliver without a restart', async (t)
   t.equal(badSince.code, 1);
   t.match(badSince.stderr, /since: /);
 });
+
+t.test('a rewind over a request waiting for a retry and a dead letter sends neither twice', async (t) => {
+  let holdBack = true;
+  const up = await Upstream.start(0, (r) => {
+    const body = r.body.toString();
+    if (body === 'req-2') return { status: holdBack ? 503 : 200 };
+    if (body === 'req-4') return { status: 400 };
+    return { status: 200 };
+  });
+  const crowd = new Crowd({
+    config: {
+      routes: [{ name: 'leads', path: '/leads', targets: ['api'] }],
+      targets: [{ name: 'api', url: up.url(), retry: { base: '500ms', max: '500ms' } }],
+    },
+  });
+  await crowd.start();
+  t.teardown(async () => {
+    await crowd.stop();
+    await up.close();
+  });
+  const ids = await post(crowd, 6, { parallel: 1 }); // req-2 is offset 3, req-4 offset 5
+  await waitFor(async () => {
+    const s = await targetStatus(crowd, 'api');
+    return s.offset === 6 && s.retrying === 1 && s.dead_letters === 1 && s.committed_offset === 6;
+  }, 10_000, 'req-2 parked, req-4 dead, offset committed');
+  const r = await runCli(['replay', '--target', 'api', '--from', '1', '-c', crowd.configFile]);
+  t.equal(r.code, 0, r.stderr);
+  holdBack = false;
+  await waitFor(async () => (await targetStatus(crowd, 'api')).lag === 0, 10_000, 'drained');
+  const okCount = (body: string) => up.received.filter((x) => x.body.toString() === body).length;
+  for (const b of ['req-0', 'req-1', 'req-3', 'req-5']) t.equal(okCount(b), 2, `${b}: sent again by the rewind`);
+  const attempts2 = up.received.filter((x) => x.body.toString() === 'req-2').map((x) => x.headers['crowd-attempt']);
+  t.same(attempts2.slice(-1), [String(attempts2.length)], 'req-2 stays one request with one attempt count, not a second copy');
+  t.equal(okCount('req-4'), 1, 'the dead letter is not sent again by a rewind (crowd dlq replay does that)');
+  const f = await checkIdentity(t, crowd, 'api');
+  t.equal(f.dead, 1);
+  t.equal(f.lag, 0);
+  t.equal(f.delivered, 5 + 4, 'five first deliveries, four re-sent');
+  t.equal(ids.length, 6);
+});
