@@ -67,10 +67,84 @@ export function upstreamHeaders(e: Envelope, attempt: number): string[] {
 /** Characters that may not appear raw in a request target: percent-encoded (UTF-8) when sent. */
 const UNSAFE_IN_TARGET = /[^\x21-\x7e]/gu;
 
-/** A request in flight and the moment it has to be given up. */
-interface Running {
-  readonly deadline: number;
-  readonly ctl: AbortController;
+/**
+ * One attempt, as an undici dispatch handler: the status and Retry-After are all it needs, so
+ * the answer's body is counted and dropped as it arrives (no stream objects), and the attempt
+ * can be aborted without an AbortSignal (the sink's sweeper enforces the deadline).
+ */
+class Attempt {
+  status: number | null = null;
+  retryAfter: string | null = null;
+  bytes = 0;
+  private abortFn: ((err?: Error) => void) | null = null;
+  private done = false;
+  timedOut = false;
+
+  constructor(
+    readonly deadline: number,
+    private readonly resolve: (r: AttemptResult) => void,
+    private readonly sink: HttpSink,
+  ) {}
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.abortFn = abort;
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[] | string[]): boolean {
+    if (statusCode < 200) return true; // 1xx: the real answer follows
+    this.status = statusCode;
+    if (statusCode >= 300) {
+      for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+        if (rawHeaders[i]!.toString().toLowerCase() === 'retry-after') this.retryAfter = rawHeaders[i + 1]!.toString();
+      }
+    }
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    this.bytes += chunk.length;
+    // A large answer is not read to its end: the connection is closed instead of reused.
+    if (this.bytes > RESPONSE_DRAIN_MAX) this.abort(new Error(`answer larger than ${RESPONSE_DRAIN_MAX} bytes`));
+    return true;
+  }
+
+  onComplete(): void {
+    this.finish(null);
+  }
+
+  onError(err: Error): void {
+    this.finish(err);
+  }
+
+  abort(err: Error): void {
+    if (this.done) return;
+    if (this.abortFn) this.abortFn(err);
+    else this.finish(err);
+  }
+
+  private finish(err: Error | null): void {
+    if (this.done) return;
+    this.done = true;
+    this.sink.finished(this);
+    const status = this.status;
+    if (status !== null) {
+      // The answer counts once its status is in; a failing body does not change the outcome.
+      const ok = status >= 200 && status < 300;
+      this.resolve({ status, retryAfter: this.retryAfter, error: ok ? '' : `upstream answered ${status}`, timedOut: false, unsendable: false });
+      return;
+    }
+    if (this.timedOut) {
+      this.resolve({ status: null, retryAfter: null, error: `UND_ERR_TIMEOUT no answer within the target timeout`, timedOut: true, unsendable: false });
+      return;
+    }
+    const e2 = err as Error & { code?: string; cause?: Error & { code?: string } };
+    const code = e2?.code ?? e2?.cause?.code ?? '';
+    const timedOut = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT';
+    const detail = e2?.cause?.message && e2.cause.message !== e2.message ? `${e2.message}: ${e2.cause.message}` : (e2?.message ?? 'no answer');
+    // undici refused to build the request (a header or path it cannot send): no retry can help.
+    const unsendable = code === 'UND_ERR_INVALID_ARG' || code === 'ERR_INVALID_CHAR' || code === 'ERR_INVALID_HTTP_TOKEN';
+    this.resolve({ status: null, retryAfter: null, error: `${code ? code + ' ' : ''}${detail}`, timedOut, unsendable });
+  }
 }
 
 export class HttpSink implements Sink {
@@ -78,8 +152,8 @@ export class HttpSink implements Sink {
   private readonly basePath: string;
   private readonly baseQuery: string;
   private readonly timeout: number;
-  /** One timer for all requests in flight: cheaper than a timer per request. */
-  private readonly running = new Set<Running>();
+  /** One timer for all attempts in flight: cheaper than a timer (or an AbortSignal) per request. */
+  private readonly running = new Set<Attempt>();
   private sweeper: NodeJS.Timeout | null = null;
 
   constructor(target: TargetConfig) {
@@ -98,50 +172,32 @@ export class HttpSink implements Sink {
 
   /** The path and query sent upstream for a stored request (non-ASCII and spaces percent-encoded). */
   requestPath(e: Envelope): string {
-    const query = [this.baseQuery, e.query].filter((q) => q !== '').join('&');
+    const query = this.baseQuery === '' ? e.query : e.query === '' ? this.baseQuery : `${this.baseQuery}&${e.query}`;
     const target = this.basePath + e.path + (query ? `?${query}` : '');
     return target.replace(UNSAFE_IN_TARGET, (c) => encodeURIComponent(c));
   }
 
-  async send(e: Envelope, attempt: number): Promise<AttemptResult> {
+  /**
+   * Sends one attempt. The whole attempt (connecting, sending, the answer) is bounded by the
+   * target's `timeout`; undici's own timeouts restart on activity.
+   */
+  send(e: Envelope, attempt: number): Promise<AttemptResult> {
     const hasBody = e.body.length > 0 || (e.method !== 'GET' && e.method !== 'HEAD');
-    // The whole attempt (waiting for a connection, connecting, sending, the answer) is bounded
-    // by `timeout`; undici's own timeouts restart on activity.
-    const run: Running = { deadline: performance.now() + this.timeout, ctl: new AbortController() };
-    this.running.add(run);
-    this.sweep();
-    try {
-      const res = await this.pool.request({
-        method: e.method as 'POST',
-        path: this.requestPath(e),
-        headers: upstreamHeaders(e, attempt),
-        body: hasBody ? e.body : undefined,
-        signal: run.ctl.signal,
-      });
-      const retryAfter = res.headers['retry-after'];
-      // The answer counts once its status is in; the body is read (bounded) only so that the
-      // connection can be reused, and a slow or failing body does not change the outcome.
-      await res.body.dump({ limit: RESPONSE_DRAIN_MAX, signal: run.ctl.signal }).catch(() => undefined);
-      const ok = res.statusCode >= 200 && res.statusCode < 300;
-      return {
-        status: res.statusCode,
-        retryAfter: Array.isArray(retryAfter) ? (retryAfter[0] ?? null) : (retryAfter ?? null),
-        error: ok ? '' : `upstream answered ${res.statusCode}`,
-        timedOut: false,
-        unsendable: false,
-      };
-    } catch (err) {
-      if (run.ctl.signal.aborted) return { status: null, retryAfter: null, error: `UND_ERR_TIMEOUT no answer within ${this.timeout} ms (target timeout)`, timedOut: true, unsendable: false };
-      const e2 = err as Error & { code?: string; cause?: Error & { code?: string } };
-      const code = e2.code ?? e2.cause?.code ?? '';
-      const timedOut = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT';
-      const detail = e2.cause?.message && e2.cause.message !== e2.message ? `${e2.message}: ${e2.cause.message}` : e2.message;
-      // undici refused to build the request (a header or path it cannot send): no retry can help.
-      const unsendable = code === 'UND_ERR_INVALID_ARG' || code === 'ERR_INVALID_CHAR' || code === 'ERR_INVALID_HTTP_TOKEN';
-      return { status: null, retryAfter: null, error: `${code ? code + ' ' : ''}${detail}`, timedOut, unsendable };
-    } finally {
-      this.running.delete(run);
-    }
+    return new Promise((resolve) => {
+      const a = new Attempt(performance.now() + this.timeout, resolve, this);
+      this.running.add(a);
+      this.sweep();
+      try {
+        this.pool.dispatch({ method: e.method as 'POST', path: this.requestPath(e), headers: upstreamHeaders(e, attempt), body: hasBody ? e.body : null }, a);
+      } catch (err) {
+        a.onError(err as Error);
+      }
+    });
+  }
+
+  /** Called by an attempt once it is over. */
+  finished(a: Attempt): void {
+    this.running.delete(a);
   }
 
   /** Aborts the requests past their deadline; runs while any are in flight. */
@@ -150,7 +206,12 @@ export class HttpSink implements Sink {
     const period = Math.max(5, Math.min(1000, Math.floor(this.timeout / 10)));
     this.sweeper = setInterval(() => {
       const now = performance.now();
-      for (const r of this.running) if (now >= r.deadline) r.ctl.abort();
+      for (const a of this.running) {
+        if (now >= a.deadline) {
+          a.timedOut = true;
+          a.abort(new Error('target timeout'));
+        }
+      }
       if (this.running.size === 0 && this.sweeper) {
         clearInterval(this.sweeper);
         this.sweeper = null;
