@@ -23,7 +23,8 @@ export class TokenBucket {
   /** Takes a token and returns 0, or returns the milliseconds until one is available. */
   take(now: number): number {
     if (this.rate <= 0) return 0;
-    this.tokens = Math.min(this.capacity, this.tokens + ((now - this.last) * this.rate) / 1000);
+    // A wall clock stepping back must not drain the bucket.
+    this.tokens = Math.min(this.capacity, this.tokens + (Math.max(0, now - this.last) * this.rate) / 1000);
     this.last = now;
     if (this.tokens >= 1) {
       this.tokens -= 1;
