@@ -719,10 +719,6 @@ export class Consumer {
     };
   }
 
-  inFlightCount(): number {
-    return this.inFlight;
-  }
-
   /** Stops sending; waits (bounded) for the requests in flight. The manager commits afterwards. */
   async stop(graceMs: number): Promise<void> {
     const wasRunning = this.state === 'running' || this.state === 'rewinding';

@@ -197,12 +197,6 @@ export class Delivery {
     return [...this.consumers.values()].map((c) => c.status());
   }
 
-  inFlight(): number {
-    let n = 0;
-    for (const c of this.consumers.values()) n += c.inFlightCount();
-    return n;
-  }
-
   /** Stops sending, waits (bounded) for requests in flight, writes the last commit. */
   async stop(graceMs: number): Promise<void> {
     if (this.stopped) return;
