@@ -410,17 +410,20 @@ export class Log {
   }
 
   /**
-   * Counts the entries with offset in [from, through] whose route is in `routes`, reading
-   * `chunk` records between yields to the event loop (a backlog may be millions of entries).
+   * Counts the entries with offset in [from, through] whose route is in `routes`, about
+   * `chunk` entries between yields to the event loop (a backlog may be millions of entries;
+   * the first yield comes before any reading, so a caller's start-up is not held up).
    */
-  async countRoutes(from: number, through: number, routes: ReadonlySet<string>, chunk = 256): Promise<number> {
+  async countRoutes(from: number, through: number, routes: ReadonlySet<string>, chunk = 20_000): Promise<number> {
     let count = 0;
     let start = from;
     for (const key of this.entries.getKeys({ start: from, reverse: true, limit: 1 })) start = key;
     while (start <= through && !this.closed) {
+      await new Promise((r) => setImmediate(r));
       let next = -1;
       let seen = 0;
-      for (const { key, value } of this.entries.getRange({ start, end: through + 1, limit: chunk, snapshot: false })) {
+      let more = false;
+      for (const { key, value } of this.entries.getRange({ start, end: through + 1, snapshot: false })) {
         forEachInRecord(value, (i, bytes) => {
           const offset = key + i;
           if (offset > through) return false;
@@ -428,11 +431,14 @@ export class Log {
           return true;
         });
         next = key + recordCount(value);
-        seen++;
+        seen += recordCount(value);
+        if (seen >= chunk) {
+          more = true;
+          break;
+        }
       }
-      if (seen < chunk || next < 0) break;
+      if (!more || next < 0) break;
       start = next;
-      await new Promise((r) => setImmediate(r));
     }
     return count;
   }
