@@ -1,10 +1,11 @@
 # crowd: `make help` lists the targets.
 SHELL := /bin/bash
 NPM ?= npm
-# Debian packages the tests and benchmarks use (promtool comes with prometheus).
-DEB_PACKAGES := strace wrk prometheus curl
+# Debian packages the tests and benchmarks use (promtool comes with prometheus; redis-server
+# and nats-server are the ingest benchmark's comparison systems, bench/baselines/).
+DEB_PACKAGES := strace wrk prometheus curl redis-server nats-server
 
-.PHONY: help install deps build run test bench bench-drain clean
+.PHONY: help install deps build run test bench bench-full bench-drain clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -19,9 +20,9 @@ dist/.built: node_modules/.installed tsconfig.json $(shell find src test bench -
 
 install: node_modules/.installed dist/.built ## install npm packages and compile TypeScript
 
-deps: ## install the Debian packages tests and benchmarks need (strace, wrk, promtool)
+deps: ## install the Debian packages tests and benchmarks need (strace, wrk, promtool, redis, nats)
 	@missing=""; \
-	for c in strace:strace wrk:wrk promtool:prometheus curl:curl; do \
+	for c in strace:strace wrk:wrk promtool:prometheus curl:curl redis-server:redis-server redis-benchmark:redis-tools nats-server:nats-server; do \
 	  command -v $${c%%:*} >/dev/null || missing="$$missing $${c##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -38,10 +39,13 @@ run: install ## start crowd on config/crowd.example.toml (log in ./data)
 test: deps install ## install what the tests need and run them all
 	npx tap dist/test/unit dist/test/integration dist/test/crash
 
-bench: deps install ## run the ingest benchmark (crowd vs the uWS no-op ceiling)
-	node dist/bench/ingest.js
+bench: deps install ## run the benchmark suite, quick (under 3 minutes): results in bench/results/
+	node dist/bench/suite.js
 
-bench-drain: install ## run the drain benchmark (crowd delivering a backlog vs a bare undici client)
+bench-full: deps install ## run the benchmark suite with longer runs and larger backlogs
+	node dist/bench/suite.js --full
+
+bench-drain: install ## run only the drain benchmark at its full size (200000 requests)
 	node dist/bench/drain.js
 
 clean: ## remove build output and the local ./data log

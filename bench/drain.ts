@@ -22,7 +22,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import os from 'node:os';
-import { join, relative, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 
@@ -63,13 +63,16 @@ const USAGE = `usage: node dist/bench/drain.js [options]
   --large                   the same as --count ${LARGE_COUNT}
   --concurrency C           the target's concurrency, and the ceiling client's connections (default 64)
   --preload-connections N   connections of the client that preloads crowd (default 64)
-  --cpu-prof DIR            run crowd under node --cpu-prof, profiles written to DIR when it stops`;
+  --cpu-prof DIR            run crowd under node --cpu-prof, profiles written to DIR when it stops
+  --out FILE                where the results JSON goes (default bench/results/drain.json)`;
 
 interface Params {
   readonly count: number;
   readonly concurrency: number;
   readonly preloadConnections: number;
   readonly cpuProfDir: string | null;
+  /** Where the results JSON goes (default bench/results/drain.json). */
+  readonly out: string;
 }
 
 /** The JSON line bench/undici-client.ts prints. */
@@ -634,6 +637,7 @@ function parseParams(argv: string[]): Params {
       concurrency: { type: 'string', default: '64' },
       'preload-connections': { type: 'string', default: '64' },
       'cpu-prof': { type: 'string' },
+      out: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -653,6 +657,7 @@ function parseParams(argv: string[]): Params {
     concurrency: int('concurrency', values.concurrency, 1, 1024),
     preloadConnections: int('preload-connections', values['preload-connections'], 1, 1024),
     cpuProfDir: values['cpu-prof'] !== undefined ? resolve(values['cpu-prof']) : null,
+    out: values.out !== undefined ? resolve(values.out) : RESULTS_FILE,
   };
 }
 
@@ -738,8 +743,8 @@ async function main(): Promise<void> {
       drain: d.drain,
       ceiling: ceil,
     };
-    mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true });
-    writeFileSync(RESULTS_FILE, JSON.stringify(results, null, 2) + '\n');
+    mkdirSync(dirname(p.out), { recursive: true });
+    writeFileSync(p.out, JSON.stringify(results, null, 2) + '\n');
 
     const fmt = (n: number | null, digits = 0): string => (n === null ? '-' : n.toFixed(digits));
     const lines = [
@@ -759,7 +764,7 @@ async function main(): Promise<void> {
         `(first after ${fmt(d.drain.first_delivery_ms)} ms, last after ${fmt(d.drain.last_delivery_ms)} ms); the ceiling's upstream answered ${ceil.upstream_received}${ceil.upstream_received === p.count ? '' : ` (MISMATCH: expected ${p.count})`}`,
       `upstream cpu us/msg: ${fmt(d.drain.upstream_cpu_us_per_msg, 1)} during the drain, ${fmt(ceil.upstream_cpu_us_per_msg, 1)} during the ceiling run`,
     ];
-    process.stdout.write(`${lines.join('\n')}\nresults: ${relative(process.cwd(), RESULTS_FILE)}\n`);
+    process.stdout.write(`${lines.join('\n')}\nresults: ${relative(process.cwd(), p.out)}\n`);
   } finally {
     await crowd.stop();
     if (upstream) await upstream.stop();
