@@ -643,7 +643,7 @@ export async function runNats(opts: { connections: number; seconds: number; warm
         stream: p.stream,
         in_flight: p.in_flight,
         nats_connections: p.nats_connections,
-        note: 'connections = JetStream publishes kept in flight on one NATS connection (one Node.js publisher process)',
+        note: 'connections = JetStream publishes kept in flight on one NATS connection, from one Node.js publisher process; that process tends to run out of CPU before nats-server does (on 2 cores at 256 in flight: publisher ~100% of a core, nats-server ~20%), so the rate is a lower bound of what nats-server can take',
         warmup_s: p.warmup_s,
         acked_total_including_warmup: p.acked_total,
         error_samples: p.error_samples,

@@ -101,11 +101,10 @@ const roundRate = (r: number): number => Math.max(100, Math.round(r / 100) * 100
 
 /**
  * The next rate to try, or null when the search is done. With lo the highest flat rate and hi
- * the lowest rate that was not flat: after a rate that was not flat, the estimate of what
- * crowd sustains from that step, 0.95 x (acknowledged/s + delivered/s) / 2 (ingest and
- * delivery share the CPU, so the sustainable rate lies between the two), at most 0.9 x the
- * rate and above lo; after a flat rate, 1.25 x it, or when hi is known, the lower of
- * 1.15 x it and the middle of lo and hi. Done when lo and hi are within 3% (at least 100
+ * the lowest rate that was not flat: after a rate that was not flat, 0.95 x what crowd
+ * delivered per second in that step (while overloaded; with less to ingest it delivers at
+ * least that), at most 0.9 x the rate, and above lo; after a flat rate, 1.25 x it, or when
+ * hi is known, the lower of 1.15 x it and the middle of lo and hi. Done when lo and hi are within 3% (at least 100
  * req/s) or the next rate is that close to one already tried; while nothing was flat, it
  * goes on down by 15% at least.
  */
@@ -117,7 +116,7 @@ function nextRate(steps: readonly Step[]): number | null {
   const last = steps[steps.length - 1]!;
   let next: number;
   if (!last.flat) {
-    next = Math.min(0.95 * ((last.client.achieved_rps + last.delivered_per_s) / 2), 0.9 * last.rate);
+    next = Math.min(0.95 * last.delivered_per_s, 0.9 * last.rate);
     if (lo !== null && next <= lo) next = (lo + last.rate) / 2;
     if (hi !== null && next >= hi) next = 0.9 * hi;
   } else {
@@ -333,7 +332,7 @@ export const scenario: Scenario = {
         `the open-loop client (${CONNECTIONS} connections, bench/lib/open-loop.ts) posts at a fixed rate R for a ${windowS} s window after a ${warmupSeconds} s warm-up, ` +
         `while GET /status is polled every ${SAMPLE_MS} ms for the target's lag. The lag is flat when, over the window's samples, the median lag of the last third is at most ` +
         `B = max(${BOUND_SECONDS} s x R, ${MIN_BOUND}) messages, the Theil-Sen slope of lag over time (median of the pairwise slopes, so one stall does not tilt it) times the window length is at most B (it does not trend up), the client saw no errors and crowd acknowledged at least ${ACHIEVED_MIN * 100}% of R. ` +
-        `Search (${maxSteps} steps at most): start at ${START_FRACTION * 100}% of crowd's max ingest rate (${Math.round(max.rps)} req/s, ${max.source}); after a rate that was not flat, try 0.95 x (acked/s + delivered/s) / 2 of that step (at most 0.9 x its rate); after a flat one, x1.25 or, once a rate failed, the lower of x1.15 and the middle of the highest flat and lowest failed rate; ` +
+        `Search (${maxSteps} steps at most): start at ${START_FRACTION * 100}% of crowd's max ingest rate (${Math.round(max.rps)} req/s, ${max.source}); after a rate that was not flat, try 0.95 x the delivered/s of that step (at most 0.9 x its rate, above the highest flat rate); after a flat one, x1.25 or, once a rate failed, the lower of x1.15 and the middle of the highest flat and lowest failed rate; ` +
         `each step starts with the previous backlog delivered. A step is stopped early (not flat) when, from ${EARLY_AFTER_S} s into its window, ${EARLY_SAMPLES} samples in a row show the lag above ${EARLY_LAG_FACTOR} x B or crowd storing under ${EARLY_RATE_SHARE * 100}% of R over the preceding second.`,
       params: { window_seconds: windowS, warmup_seconds: warmupSeconds, max_steps: maxSteps, sample_ms: SAMPLE_MS, concurrency: CONCURRENCY, retry: { base: '50ms', max: '500ms' }, connections: CONNECTIONS, max_rate: Math.round(max.rps), max_rate_source: max.source, bound: `max(${BOUND_SECONDS} s x R, ${MIN_BOUND})`, body: BODY },
       table,
