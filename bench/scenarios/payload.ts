@@ -21,7 +21,7 @@ const SIZES: readonly { label: string; bytes: number }[] = [
 ];
 const CONNECTIONS = 64;
 const THREADS = 2;
-const QUICK = { seconds: 3, warmup: 1 };
+const QUICK = { seconds: 2, warmup: 1 };
 const FULL = { seconds: 10, warmup: 2 };
 /** Share of the free disk space one crowd run may fill (estimated from its warm-up rate). */
 const DISK_SHARE = 0.5;

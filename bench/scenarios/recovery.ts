@@ -33,7 +33,7 @@ const RECORD_ENTRIES = RECORD_ENTRIES_DEFAULT;
 const COUNT_QUICK = 1_000_000;
 const COUNT_FULL = 10_000_000;
 /** Drain time bounds (quick: a sample of the drain; full: long enough for a few million). */
-const DRAIN_QUICK_S = 12;
+const DRAIN_QUICK_S = 8;
 const DRAIN_FULL_S = 240;
 /** How long the idle crowd on an empty log is sampled. */
 const EMPTY_SAMPLE_S = 1.5;
