@@ -115,8 +115,13 @@ export const scenario: Scenario = {
       params: { connections: CONNECTIONS, seconds, warmup_seconds: warmup, threads: THREADS, body: BODY, wrk: wrkVersion(), failures },
       table,
       goals: [
-        goal('crowd vs uWS no-op ceiling at 256 connections', 0.75, 'uWS no-op', 'each request waits for its group commit (LMDB commit + fdatasync) on 2 cores shared with wrk'),
-        goal('crowd vs Redis XADD with appendfsync always at 256', 1.0, 'Redis', 'see the ingest profile in bench/README.md'),
+        goal('crowd vs uWS no-op ceiling at 256 connections', 0.75, 'uWS no-op', "every ack waits for its group commit; with one commit in flight crowd's main thread is about half idle under this load (node --cpu-prof), and wrk takes most of a core of the two"),
+        goal(
+          'crowd vs Redis XADD with appendfsync always at 256',
+          1.0,
+          'Redis',
+          "an LMDB commit costs two device syncs (fdatasync of the data pages, then a synchronous write of the meta page; strace shows both), Redis one fdatasync of its append-only file per event-loop turn; crowd's main thread waits on the commit, not on CPU",
+        ),
         goal('crowd vs naive fdatasync-per-request server at 256', 6, 'naive', 'the naive server is faster than it should be when the disk makes fdatasync cheap'),
       ],
       charts: [
