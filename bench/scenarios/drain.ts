@@ -24,7 +24,8 @@ export const scenario: Scenario = {
   name: 'drain',
   describe: 'backlog delivered to a no-op upstream vs a bare undici client',
   async run(ctx): Promise<ScenarioResult> {
-    const count = ctx.full ? 1_000_000 : 50_000;
+    // Quick: large enough that the first probe after the upstream comes back (up to retry.max) weighs little.
+    const count = ctx.full ? 1_000_000 : 100_000;
     const out = join(ctx.dir, 'drain.json');
     const child = new Child('bench/drain', process.execPath, [join(BENCH_DIST, 'drain.js'), '--count', String(count), '--out', out], { cwd: ROOT });
     const how = await child.exited;
