@@ -23,7 +23,7 @@ install: node_modules/.installed dist/.built ## install npm packages and compile
 deps: ## install the Debian packages tests and benchmarks need (strace, wrk, promtool, redis, nats)
 	@missing=""; \
 	for c in strace:strace wrk:wrk promtool:prometheus curl:curl redis-server:redis-server redis-benchmark:redis-tools nats-server:nats-server; do \
-	  command -v $${c%%:*} >/dev/null || missing="$$missing $${c##*:}"; \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v $${c%%:*} >/dev/null || missing="$$missing $${c##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -9,9 +9,11 @@
  * figures: a benchmark is not a test), 1 when one failed (a missing tool, a server that did
  * not start), 2 on bad flags.
  */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cleanup, installCleanup, progress, removeTemp, tempDir } from './lib/proc';
-import { printResult, writeScenario, writeSummary } from './lib/report';
+import { RESULTS_DIR, printResult, writeScenario, writeSummary } from './lib/report';
 import type { Scenario, ScenarioResult } from './lib/types';
 import { scenario as drain } from './scenarios/drain';
 import { scenario as e2e } from './scenarios/e2e';
@@ -71,6 +73,8 @@ async function main(): Promise<number> {
       process.stdout.write(`\n${printResult(r)}\n(${((Date.now() - t0) / 1000).toFixed(0)} s)\n`);
     } catch (err) {
       failed.push(s.name);
+      // No results of an earlier run may pass for this run's.
+      for (const ext of ['json', 'svg']) rmSync(join(RESULTS_DIR, `${s.name}.${ext}`), { force: true });
       process.stderr.write(`bench: ${s.name} failed: ${(err as Error).message}\n`);
     } finally {
       cleanup();

@@ -80,7 +80,8 @@ export function progress(text: string): void {
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export function findOnPath(command: string): string | null {
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+  // Debian installs some servers (nats-server) in /usr/sbin, which a user's PATH may lack.
+  for (const dir of [...(process.env.PATH ?? '').split(delimiter), '/usr/local/sbin', '/usr/sbin', '/sbin']) {
     if (!dir) continue;
     const candidate = join(dir, command);
     try {

@@ -83,7 +83,7 @@ export function runWrk(url: string, o: { seconds: number; connections: number; t
   });
 }
 
-/** 2xx responses per second of a wrk run. */
+/** Responses with a status below 400 per second of a wrk run (wrk counts 4xx/5xx as errors; the servers here answer 200 or an error). */
 export function okRate(w: WrkResult): number {
   return (w.requests - w.errors.status) / (w.duration_us / 1e6);
 }

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { BENCH_DIST, Child, ROOT } from '../lib/proc';
+import { BENCH_DIST, Child, ROOT, onCleanup } from '../lib/proc';
 import type { Scenario, ScenarioResult } from '../lib/types';
 
 const TARGET = 0.8;
@@ -27,8 +27,21 @@ export const scenario: Scenario = {
     // Quick: large enough that the first probe after the upstream comes back (up to retry.max) weighs little.
     const count = ctx.full ? 1_000_000 : 100_000;
     const out = join(ctx.dir, 'drain.json');
-    const child = new Child('bench/drain', process.execPath, [join(BENCH_DIST, 'drain.js'), '--count', String(count), '--out', out], { cwd: ROOT });
+    // Its own process group: cleanup kills drain.js together with the crowd and upstream it started.
+    const child = new Child('bench/drain', process.execPath, [join(BENCH_DIST, 'drain.js'), '--count', String(count), '--out', out], { cwd: ROOT, detached: true });
+    const killGroup = (): void => {
+      try {
+        if (child.pid) process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    };
+    onCleanup(killGroup);
+    // drain.js bounds each of its steps; this bounds the whole of it.
+    const limitMs = (3 * count) / 1000 * 1000 + 300_000;
+    const timer = setTimeout(killGroup, limitMs);
     const how = await child.exited;
+    clearTimeout(timer);
     if (how !== 'exit code 0') throw child.failure(`ended with ${how}`);
     const j = JSON.parse(readFileSync(out, 'utf8')) as DrainJson;
     const s = j.summary;
