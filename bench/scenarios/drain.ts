@@ -28,7 +28,12 @@ export const scenario: Scenario = {
     const count = ctx.full ? 1_000_000 : 100_000;
     const out = join(ctx.dir, 'drain.json');
     // Its own process group: cleanup kills drain.js together with the crowd and upstream it started.
-    const child = new Child('bench/drain', process.execPath, [join(BENCH_DIST, 'drain.js'), '--count', String(count), '--out', out], { cwd: ROOT, detached: true });
+    const child = new Child('bench/drain', process.execPath, [join(BENCH_DIST, 'drain.js'), '--count', String(count), '--out', out], {
+      cwd: ROOT,
+      detached: true,
+      // Its temp directory goes inside this scenario's, which the suite removes whatever happens.
+      env: { ...process.env, TMPDIR: ctx.dir },
+    });
     const killGroup = (): void => {
       try {
         if (child.pid) process.kill(-child.pid, 'SIGKILL');
