@@ -57,9 +57,21 @@ end
   return file;
 }
 
-export function runWrk(url: string, o: { seconds: number; connections: number; threads: number; script: string }): Promise<WrkResult> {
-  const threads = Math.min(o.threads, o.connections);
-  const args = ['--threads', `${threads}`, '--connections', `${o.connections}`, '--duration', `${o.seconds}s`, '--timeout', `${WRK_TIMEOUT_S}s`, '--script', o.script, url];
+export interface WrkOptions {
+  seconds: number;
+  connections: number;
+  threads: number;
+  script: string;
+}
+
+/** wrk's command-line arguments for a run (it refuses fewer connections than threads). */
+export function wrkArgs(url: string, o: WrkOptions): string[] {
+  const threads = Math.max(1, Math.min(o.threads, o.connections));
+  return ['--threads', `${threads}`, '--connections', `${o.connections}`, '--duration', `${o.seconds}s`, '--timeout', `${WRK_TIMEOUT_S}s`, '--script', o.script, url];
+}
+
+export function runWrk(url: string, o: WrkOptions): Promise<WrkResult> {
+  const args = wrkArgs(url, o);
   return new Promise((res, rej) => {
     const proc = track(spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] }));
     let stdout = '';
