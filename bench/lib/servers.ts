@@ -64,6 +64,7 @@ export async function adminJson<T>(crowd: Child, path: string): Promise<T> {
 }
 
 export interface CrowdStatus {
+  version?: string;
   state: string;
   ready: boolean;
   ingest: { port: number | null };
