@@ -18,13 +18,14 @@
  * Prints a table on stdout (progress on stderr) and writes bench/results/drain.json. Exits 0
  * whatever the ratio (a benchmark is not a test); non-zero only when something failed to run.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
+import { cpuSeconds, freePort, git } from './lib/proc';
+import { machine } from './lib/report';
 
 const ROOT = resolve(__dirname, '..', '..');
 const CROWD_BIN = join(ROOT, 'bin', 'crowd');
@@ -196,7 +197,7 @@ class Server {
 
   /** CPU seconds the process used so far (all its threads); null where /proc cannot tell. */
   cpuSeconds(): number | null {
-    return this.proc.pid === undefined ? null : processCpuSeconds(this.proc.pid);
+    return this.proc.pid === undefined ? null : cpuSeconds(this.proc.pid);
   }
 
   /** Resolves with the first stdout line `accept` takes; rejects on timeout or if the process exits first. */
@@ -244,37 +245,8 @@ class Server {
   }
 }
 
-let clockTicks: number | null | undefined;
-
-/** utime + stime of a process from /proc/PID/stat (Linux), in seconds. */
-function processCpuSeconds(pid: number): number | null {
-  try {
-    clockTicks ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || null;
-    if (!clockTicks) return null;
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / clockTicks;
-  } catch {
-    clockTicks ??= null;
-    return null;
-  }
-}
-
 const minus = (a: number | null, b: number | null): number | null => (a === null || b === null ? null : a - b);
 const perMessageUs = (cpuS: number | null, n: number): number | null => (cpuS === null ? null : (cpuS * 1e6) / n);
-
-/** A loopback port free right now: bound by the kernel's choice, then released. */
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const srv = createServer();
-    srv.once('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => res(port));
-    });
-  });
-}
 
 async function startUpstream(port: number): Promise<Server> {
   const server = new Server('no-op upstream', [NOOP_SERVER, '--port', `${port}`, '--count'], ROOT, 'pipe');
@@ -575,23 +547,6 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('   ')).join('\n');
 }
 
-function git(args: string[]): string | null {
-  try {
-    return execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return null;
-  }
-}
-
-function osName(): string | null {
-  try {
-    const m = /^PRETTY_NAME="?([^"\n]*)"?$/m.exec(readFileSync('/etc/os-release', 'utf8'));
-    return m ? m[1]! : null;
-  } catch {
-    return null;
-  }
-}
-
 /** The fraction of all CPUs' time spent busy over `ms`, from /proc/stat; null where it cannot tell. */
 async function cpuBusy(ms: number): Promise<number | null> {
   const read = (): { idle: number; total: number } | null => {
@@ -611,18 +566,6 @@ async function cpuBusy(ms: number): Promise<number | null> {
   return 1 - (b.idle - a.idle) / (b.total - a.total);
 }
 
-function machine(): Record<string, unknown> {
-  const cpus = os.cpus();
-  return {
-    cpu_model: cpus[0]?.model ?? null,
-    cpu_count: cpus.length,
-    total_memory_bytes: os.totalmem(),
-    os: osName(),
-    kernel: `${os.type()} ${os.release()}`,
-    arch: os.arch(),
-    loadavg_at_start: os.loadavg(),
-  };
-}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -681,7 +624,7 @@ async function main(): Promise<void> {
     }
   }
   if (p.cpuProfDir) mkdirSync(p.cpuProfDir, { recursive: true });
-  const startedMachine = machine();
+  const startedMachine: Record<string, unknown> = { ...machine(), loadavg_at_start: os.loadavg() };
   // Everything here shares the CPUs; a busy machine moves the figures, and not evenly. (The
   // load average would also count the benchmark's own previous run for a minute.)
   const busy = await cpuBusy(1000);

@@ -121,12 +121,19 @@ export function rssBytes(pid: number): number | null {
   }
 }
 
-/** CPU seconds (user + system) a process used so far, from /proc. */
+let clockTicks: number | null | undefined;
+
+/** CPU seconds (utime + stime) a process used so far, from /proc/PID/stat (Linux); null where it cannot tell. */
 export function cpuSeconds(pid: number): number | null {
   try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (100/s)
+    clockTicks ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || null;
+    if (!clockTicks) return null;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / clockTicks;
   } catch {
+    clockTicks ??= null;
     return null;
   }
 }
