@@ -9,6 +9,7 @@ export const ErrorCodes = {
   CROWD_ERR_LOG_COMMIT: 'a log commit or fsync failed',
   CROWD_ERR_LOG_CLOSED: 'the log is closed',
   CROWD_ERR_LOG_LOCKED: 'another process writes to this log directory',
+  CROWD_ERR_LOG_DIR: 'the log directory cannot be created or used',
   CROWD_ERR_LOG_OFFSET: 'the log offset invariant was broken',
   CROWD_ERR_ADMIN: 'the admin API answered with an error',
   CROWD_ERR_HELD: 'a retry or dead-letter record cannot be read',

@@ -1,10 +1,20 @@
 import type { LoadedConfig } from '../config/load';
 import { CrowdError } from '../errors';
+import { exitWithoutSync } from '../log/lmdb';
 import { CrowdNode } from '../node';
 import { createLogger } from '../observability/logger';
 
 /** Time given to 503 answers to leave the sockets after a storage failure, before exit(1). */
 const FATAL_EXIT_DELAY_MS = 100;
+
+/**
+ * Every way out after a failure: exit 1 without the log library's exit-time sync, which
+ * after a failed fdatasync could mark the failed transaction as flushed (see log/lmdb.ts).
+ * What was acknowledged was flushed already; nothing else may be synced now.
+ */
+function failExit(delayMs = FATAL_EXIT_DELAY_MS): void {
+  setTimeout(() => exitWithoutSync(1), delayMs);
+}
 
 export async function startCommand({ file, config }: LoadedConfig): Promise<void> {
   const logger = createLogger(config.node_id);
@@ -17,10 +27,10 @@ export async function startCommand({ file, config }: LoadedConfig): Promise<void
     }
     stopping = true;
     node.stop(signal).then(
-      () => process.exit(node!.state === 'failed' ? 1 : 0),
+      () => (node!.state === 'failed' ? exitWithoutSync(1) : process.exit(0)),
       (err: Error) => {
         logger.fatal({ event: 'stop_failed', err }, `stop failed: ${err.message}`);
-        process.exit(1);
+        exitWithoutSync(1);
       },
     );
   };
@@ -30,18 +40,20 @@ export async function startCommand({ file, config }: LoadedConfig): Promise<void
   // logged as one JSON line; then the process stops, as Node.js would, with exit code 1.
   process.on('unhandledRejection', (reason) => {
     logger.fatal({ event: 'unhandled_rejection', err: reason }, `unhandled rejection: ${(reason as Error)?.message ?? String(reason)}`);
-    setTimeout(() => process.exit(1), FATAL_EXIT_DELAY_MS);
+    failExit();
   });
   try {
     node = await CrowdNode.start({
       config,
       configFile: file,
       logger,
-      onFatal: () => setTimeout(() => process.exit(1), FATAL_EXIT_DELAY_MS),
+      onFatal: () => failExit(),
     });
   } catch (err) {
-    const code = err instanceof CrowdError ? err.code : 'CROWD_ERR_START';
-    logger.fatal({ event: 'start_failed', code, err }, `crowd could not start: ${(err as Error).message}`);
-    process.exit(1);
+    // One clear line: what failed and why. A stack trace only for errors crowd did not expect.
+    const known = err instanceof CrowdError;
+    const code = known ? err.code : 'CROWD_ERR_START';
+    logger.fatal({ event: 'start_failed', code, ...(known ? {} : { err }) }, `crowd could not start: ${(err as Error).message}`);
+    exitWithoutSync(1);
   }
 }

@@ -19,12 +19,13 @@
  * (stats, offset floor), so that moving offsets and writing records is one transaction.
  */
 import { strict as assert } from 'node:assert';
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { open, type Database, type RootDatabase } from 'lmdb';
+import type { Database, RootDatabase } from 'lmdb';
 import { CrowdError } from '../errors';
 import { decodeEnvelope, encodeEnvelope, routeOf, type Envelope, type EnvelopeInput } from './codec';
 import { DeliveryStore } from './delivery-store';
+import { makeLogDir } from './dir';
+import { durable, openEnvironment, putNew } from './lmdb';
 import { lockLogDir } from './lock';
 import { RECORD_BYTES_MAX, envelopeAt, forEachInRecord, frameRecord, recordCount } from './record';
 
@@ -68,6 +69,17 @@ interface Batch {
   bytes: number;
   settled: boolean;
   readonly started: number;
+  /** The write transaction this record went out in (set when it is written). */
+  txn: Txn | null;
+}
+
+/** The records written in one turn: lmdb-js commits them as one transaction. */
+interface Txn {
+  readonly started: number;
+  /** Requests in all its records. */
+  count: number;
+  /** Its records not released yet. */
+  left: number;
 }
 
 interface StoredStats {
@@ -120,6 +132,10 @@ export class Log {
   private readonly fatalListeners: ((err: Error) => void)[] = [];
   private readonly batchListeners: ((count: number, seconds: number) => void)[] = [];
   private readonly durableListeners: (() => void)[] = [];
+  /** When close() began (its flush counts for the stall check), or null. */
+  private closeStarted: number | null = null;
+  /** The last offset a retention transaction removed (its callback ran; maybe not yet committed). */
+  private removedThrough = 0;
   /** Offsets retention must keep (with everything after them), e.g. during a rewind. */
   private readonly pins = new Map<number, number>();
 
@@ -128,29 +144,15 @@ export class Log {
     this.now = opts.now ?? Date.now;
     this.dir = opts.dir;
     if (!opts.readOnly) {
-      mkdirSync(opts.dir, { recursive: true });
+      makeLogDir(opts.dir);
       this.unlock = lockLogDir(opts.dir);
     }
-    // Every durability-relevant option is spelled out. Never noSync, noMetaSync, mapAsync
-    // or useWritemap: each can lose or corrupt acknowledged data.
-    const options = {
-      path: join(opts.dir, 'crowd.mdb'),
-      readOnly: opts.readOnly ?? false,
-      mapSize: Math.max(MIN_MAP_SIZE, 4 * opts.maxBytes),
-      maxDbs: 8,
-      overlappingSync: true, // the next transaction is built while this one syncs
-      separateFlushed: true, // each commit promise carries the promise of its own fdatasync
-      eventTurnBatching: true, // one transaction per event-loop turn: group commit
-      commitDelay: 0,
-      noSync: false,
-      noMetaSync: false,
-      mapAsync: false,
-      useWritemap: false,
-      encoding: 'binary' as const,
-      cache: false,
-      compression: false,
-    };
-    this.env = open(options);
+    try {
+      this.env = openEnvironment({ path: join(opts.dir, 'crowd.mdb'), readOnly: opts.readOnly ?? false, mapSize: Math.max(MIN_MAP_SIZE, 4 * opts.maxBytes), maxDbs: 8 });
+    } catch (err) {
+      this.unlock?.();
+      throw err;
+    }
     this.entries = this.env.openDB<Buffer, number>({ name: 'entries', encoding: 'binary', keyEncoding: 'ordered-binary', cache: false, compression: false });
     this.consumersDb = this.env.openDB<number, string>({ name: 'consumers', encoding: 'json', cache: false });
     this.meta = this.env.openDB<unknown, string>({ name: 'meta', encoding: 'json', cache: false });
@@ -199,7 +201,7 @@ export class Log {
    * `waiter.appended(err)` if it failed. The caller must have checked `refusal()` in the same turn.
    */
   append(entry: EnvelopeInput, waiter: AppendWaiter): number {
-    if (this.failure || this.closed) throw new CrowdError('CROWD_ERR_LOG_CLOSED', `log ${this.dir} no longer accepts appends`);
+    if (this.failure || this.closed) throw this.closedError();
     const offset = this.nextOffset;
     if (!Number.isSafeInteger(offset + 1)) throw new CrowdError('CROWD_ERR_LOG_OFFSET', `offset ${offset} reached 2^53`);
     const bytes = encodeEnvelope(entry, offset);
@@ -209,7 +211,7 @@ export class Log {
     let b = this.filling.length > 0 ? this.filling[this.filling.length - 1]! : null;
     if (b === null || b.bytes + bytes.length > RECORD_BYTES_MAX) {
       if (this.filling.length === 0) this.scheduleWrite();
-      b = { firstOffset: offset, lastOffset: offset, parts: [], waiters: [], bytes: 0, settled: false, started: performance.now() };
+      b = { firstOffset: offset, lastOffset: offset, parts: [], waiters: [], bytes: 0, settled: false, started: performance.now(), txn: null };
       this.filling.push(b);
     }
     b.parts.push(bytes);
@@ -234,7 +236,11 @@ export class Log {
   private readonly writeTurn = (): void => {
     const records = this.filling;
     this.filling = [];
+    if (records.length === 0) return;
+    const txn: Txn = { started: records[0]!.started, count: 0, left: records.length };
     for (const b of records) {
+      b.txn = txn;
+      txn.count += b.waiters.length;
       if (this.failure) {
         // A commit already failed: nothing more is written; these waiters get the failure.
         b.settled = true;
@@ -244,7 +250,11 @@ export class Log {
       }
       let promise: Promise<unknown>;
       try {
-        promise = this.entries.put(b.firstOffset, frameRecord(b.parts, b.bytes)) as Promise<unknown>;
+        // Never over an existing record: a collision means two writers or a broken offset
+        // counter, and fails the log instead of replacing acknowledged requests.
+        promise = durable(putNew(this.entries, b.firstOffset, frameRecord(b.parts, b.bytes))).then((written) => {
+          if (!written) throw new CrowdError('CROWD_ERR_LOG_OFFSET', `offset ${b.firstOffset} is already in ${this.dir}: refusing to overwrite it (two writers on one log, or a broken offset counter)`);
+        });
       } catch (err) {
         promise = Promise.reject(err);
       }
@@ -259,11 +269,8 @@ export class Log {
    * flush, whatever order lmdb-js settles its promises in.
    */
   private watch(b: Batch, promise: Promise<unknown>): void {
-    const flushed = (promise as Promise<unknown> & { flushed?: Promise<unknown> }).flushed;
     this.unsettled.push(b);
-    promise
-      .then(() => flushed)
-      .then(
+    promise.then(
         () => {
           b.settled = true;
           this.release();
@@ -272,7 +279,8 @@ export class Log {
           b.settled = true;
           const first = this.failure === null;
           if (first) {
-            this.failure = new CrowdError('CROWD_ERR_LOG_COMMIT', `commit to ${this.dir} failed: ${(err as Error)?.message ?? err}`, { cause: err });
+            this.failure =
+              err instanceof CrowdError ? err : new CrowdError('CROWD_ERR_LOG_COMMIT', `commit to ${this.dir} failed: ${(err as Error)?.message ?? err}`, { cause: err });
           }
           this.release();
           if (first) void this.notifyFatal(this.failure!, err);
@@ -310,8 +318,11 @@ export class Log {
       assert(b.lastOffset > this.durable, `durable watermark would move back from ${this.durable} to ${b.lastOffset}`);
       this.durable = b.lastOffset;
       this.bytesDurable += b.bytes;
-      const seconds = (performance.now() - b.started) / 1000;
-      for (const l of this.batchListeners) l(b.waiters.length, seconds);
+      const txn = b.txn;
+      if (txn && --txn.left === 0) {
+        const seconds = (performance.now() - txn.started) / 1000;
+        for (const l of this.batchListeners) l(txn.count, seconds);
+      }
       for (const w of b.waiters) w.appended(null);
       moved = true;
     }
@@ -327,7 +338,10 @@ export class Log {
     this.fatalListeners.push(listener);
   }
 
-  /** Called after each flushed transaction with its request count and commit+flush seconds. */
+  /**
+   * Called once per flushed write transaction of appends (after its last record is
+   * released) with its request count and the seconds from its first append to its flush.
+   */
   onBatch(listener: (count: number, seconds: number) => void): void {
     this.batchListeners.push(listener);
   }
@@ -357,6 +371,7 @@ export class Log {
    * (or past `through`, when given and lower).
    */
   read(from: number, limit: number, through: number = this.durable, copy = false): Envelope[] {
+    if (this.closed) throw this.closedError();
     const end = Math.min(through, this.durable);
     const out: Envelope[] = [];
     if (from > end || limit <= 0) return out;
@@ -406,7 +421,9 @@ export class Log {
   /** The lowest offset still in the log, or the next offset when it is empty. */
   firstOffset(): number {
     const k = this.firstKey();
-    return k === 0 ? this.nextOffset : k;
+    const first = k === 0 ? this.nextOffset : k;
+    // A retention transaction whose callback ran has removed these, committed or not.
+    return Math.max(first, this.removedThrough + 1);
   }
 
   /**
@@ -473,6 +490,7 @@ export class Log {
    */
   private async write<T>(op: () => Promise<T>): Promise<T> {
     if (this.failure) throw this.failure;
+    if (this.closed) throw this.closedError();
     try {
       return await op();
     } catch (err) {
@@ -490,8 +508,10 @@ export class Log {
    */
   checkStall(now: number = performance.now()): void {
     const oldest = this.unsettled[0];
-    if (this.failure || !oldest || now - oldest.started < COMMIT_STALL_MS) return;
-    this.failure = new CrowdError('CROWD_ERR_LOG_COMMIT', `commit to ${this.dir} has not completed in ${Math.round((now - oldest.started) / 1000)} s (offsets ${oldest.firstOffset}-${oldest.lastOffset})`);
+    const since = oldest?.started ?? this.closeStarted;
+    if (this.failure || since === null || this.firstAtClose !== null || now - since < COMMIT_STALL_MS) return;
+    const what = oldest ? `commit to ${this.dir}` : `closing ${this.dir} (its last flush)`;
+    this.failure = new CrowdError('CROWD_ERR_LOG_COMMIT', `${what} has not completed in ${Math.round((now - since) / 1000)} s${oldest ? ` (offsets ${oldest.firstOffset}-${oldest.lastOffset})` : ''}`);
     for (const b of this.unsettled) b.settled = true;
     this.release();
     void this.notifyFatal(this.failure, null);
@@ -501,44 +521,63 @@ export class Log {
    * Removes entries that every consumer has passed and that are older than the retention
    * (or, above RETENTION_PRESSURE of max_bytes, whatever their age). No consumer
    * configured: nothing is removed. Returns the number of entries removed.
+   *
+   * The keys are chosen before the transaction and its callback runs later (lmdb.ts), so
+   * the callback checks again what may have changed meanwhile: a pin (a rewind) keeps its
+   * offset and everything after it. The offsets it removes are taken out of `firstOffset()`
+   * at once, so that a rewind checked after the callback ran refuses them. `stop` is asked
+   * before each chunk (the owner is shutting down).
    */
-  async applyRetention(): Promise<number> {
+  async applyRetention(stop: () => boolean = () => false): Promise<number> {
     if (this.opts.consumers.length === 0 || this.opts.readOnly) return 0;
-    let passed = Math.min(...this.opts.consumers.map((c) => this.consumerOffset(c)));
-    passed = Math.min(passed, this.durable);
-    for (const pinned of this.pins.keys()) passed = Math.min(passed, pinned - 1);
-    // Near log.max_bytes, delivered entries go before their retention time: the quota is
-    // for what is still owed to targets, not for replay history.
-    const pressed = this.bytesDurable + this.bytesPending >= this.opts.maxBytes * RETENTION_PRESSURE;
-    const cutoff = pressed ? Infinity : this.now() - this.opts.retentionMs;
     let removed = 0;
-    for (;;) {
-      const keys: number[] = [];
-      let freed = 0;
-      let lastRemoved = 0;
+    while (!this.closed && !this.failure && !stop()) {
+      let passed = Math.min(...this.opts.consumers.map((c) => this.consumerOffset(c)));
+      passed = Math.min(passed, this.durable, this.pinnedBelow());
+      // Near log.max_bytes, delivered entries go before their retention time: the quota is
+      // for what is still owed to targets, not for replay history.
+      const pressed = this.bytesDurable + this.bytesPending >= this.opts.maxBytes * RETENTION_PRESSURE;
+      const cutoff = pressed ? Infinity : this.now() - this.opts.retentionMs;
+      const candidates: { key: number; last: number; freed: number }[] = [];
       for (const { key, value } of this.entries.getRange({ start: 1, end: passed + 1, limit: RETENTION_CHUNK })) {
         const count = recordCount(value);
         const last = key + count - 1;
         // Whole records only: every entry passed by every consumer and older than the cutoff.
         if (last > passed || decodeEnvelope(envelopeAt(value, count - 1)).received_at > cutoff) break;
-        keys.push(key);
-        freed += value.length - 4 - 4 * count;
-        lastRemoved = last;
+        candidates.push({ key, last, freed: value.length - 4 - 4 * count });
       }
-      if (keys.length === 0) return removed;
-      const floor = Math.max((this.meta.get('offset_floor') as number | undefined) ?? 1, lastRemoved + 1);
+      if (candidates.length === 0) return removed;
+      let chunk = 0;
       await this.write(() =>
         this.env.transaction(() => {
-          // Read when the transaction runs, so that the saved count matches the saved offset.
-          this.bytesDurable -= freed;
-          for (const k of keys) this.entries.remove(k);
+          // Runs later than the call: what was pinned meanwhile stays.
+          const limit = this.pinnedBelow();
+          let lastRemoved = 0;
+          for (const c of candidates) {
+            if (c.last > limit || this.closed) break;
+            this.entries.remove(c.key);
+            this.bytesDurable -= c.freed;
+            lastRemoved = c.last;
+            chunk += c.last - c.key + 1;
+          }
+          if (lastRemoved === 0) return;
+          this.removedThrough = Math.max(this.removedThrough, lastRemoved);
+          const floor = Math.max((this.meta.get('offset_floor') as number | undefined) ?? 1, lastRemoved + 1);
           this.meta.put('offset_floor', floor);
           this.meta.put('stats', { bytes: this.bytesDurable, through_offset: this.durable } satisfies StoredStats);
         }),
       );
-      removed += lastRemoved - keys[0]! + 1;
-      if (keys.length < RETENTION_CHUNK) return removed;
+      removed += chunk;
+      if (chunk === 0 || candidates.length < RETENTION_CHUNK) return removed;
     }
+    return removed;
+  }
+
+  /** The highest offset retention may remove given the pins (a pin keeps its offset and what follows). */
+  private pinnedBelow(): number {
+    let limit = Infinity;
+    for (const pinned of this.pins.keys()) limit = Math.min(limit, pinned - 1);
+    return limit;
   }
 
   /** Keeps retention from removing `offset` and what follows until the returned function runs. */
@@ -556,7 +595,7 @@ export class Log {
 
   /** Persists the byte count so that the next open scans only entries after it. */
   async saveStats(): Promise<void> {
-    if (this.opts.readOnly || this.failure) return;
+    if (this.opts.readOnly || this.failure || this.closed) return;
     await this.write(() => this.meta.put('stats', { bytes: this.bytesDurable, through_offset: this.durable } satisfies StoredStats));
   }
 
@@ -564,6 +603,7 @@ export class Log {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.closeStarted = performance.now();
     if (this.filling.length > 0) this.writeTurn();
     if (!this.opts.readOnly && !this.failure) {
       await this.meta.put('stats', { bytes: this.bytesDurable + this.bytesPending, through_offset: this.nextOffset - 1 } satisfies StoredStats);
@@ -572,6 +612,10 @@ export class Log {
     this.firstAtClose = this.firstKey();
     await this.env.close();
     this.unlock?.();
+  }
+
+  private closedError(): CrowdError {
+    return new CrowdError('CROWD_ERR_LOG_CLOSED', `log ${this.dir} is ${this.failure ? 'failed' : 'closed'}: no more reads or writes`);
   }
 
   private firstKey(): number {

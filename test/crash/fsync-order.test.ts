@@ -8,49 +8,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Crowd } from '../helpers/crowd';
 import { request } from '../helpers/http';
-
-interface Call {
-  tid: string;
-  name: string;
-  fdPath: string;
-  start: number;
-  end: number;
-  text: string;
-}
-
-/** Parses `strace -f -ttt -T -y` output, joining "<unfinished ...>" with "<... resumed>". */
-function parseTrace(text: string): Call[] {
-  const calls: Call[] = [];
-  const open = new Map<string, { name: string; start: number; text: string }>();
-  for (const line of text.split('\n')) {
-    const m = /^(\d+)\s+(\d+\.\d+)\s+(.*)$/.exec(line);
-    if (!m) continue;
-    const [, tid, ts, rest] = m as unknown as [string, string, string, string];
-    const time = Number(ts);
-    const unfinished = /^(\w+)\((.*)<unfinished \.\.\.>$/.exec(rest);
-    if (unfinished) {
-      open.set(tid, { name: unfinished[1]!, start: time, text: unfinished[2]! });
-      continue;
-    }
-    const resumed = /^<\.\.\. (\w+) resumed>(.*)$/.exec(rest);
-    if (resumed) {
-      const o = open.get(tid);
-      open.delete(tid);
-      if (o && o.name === resumed[1]) calls.push(finish(tid, o.name, o.start, time, o.text + resumed[2]));
-      continue;
-    }
-    const call = /^(\w+)\((.*)$/.exec(rest);
-    if (!call) continue;
-    const dur = /<(\d+\.\d+)>\s*$/.exec(rest);
-    calls.push(finish(tid, call[1]!, time, time + (dur ? Number(dur[1]) : 0), call[2]!));
-  }
-  return calls;
-}
-
-function finish(tid: string, name: string, start: number, end: number, text: string): Call {
-  const fd = /^\d+<([^>]*)>/.exec(text);
-  return { tid, name, start, end, fdPath: fd ? fd[1]! : '', text };
-}
+import { parseTrace } from '../helpers/strace';
 
 t.test('fdatasync of the data file completes before each ack is written', async (t) => {
   const dir = (await import('../helpers/crowd')).tempDir();

@@ -3,8 +3,9 @@
 // removes only what every consumer passed and what is older than the retention.
 import t from 'tap';
 import { join } from 'node:path';
-import { Log, type LogOptions } from '../../../src/log/log';
+import { Log, RETENTION_CHUNK, type LogOptions } from '../../../src/log/log';
 import { newId } from '../../../src/log/ids';
+import { open } from 'lmdb';
 import { tempDir } from '../../helpers/crowd';
 
 const base = (dir: string, o: Partial<LogOptions> = {}): LogOptions => ({ dir, maxPendingWrites: 100_000, maxBytes: 1e12, retentionMs: 0, consumers: [], ...o });
@@ -190,8 +191,77 @@ t.test('reads across records, and records split at RECORD_BYTES_MAX', async (t) 
   const records: number[] = [];
   log.onBatch((count) => records.push(count));
   await appendTurn(log, 4, undefined, big);
-  t.same(records, [2, 2], 'a turn larger than RECORD_BYTES_MAX is written as several records');
+  t.same(records, [4], 'a turn larger than RECORD_BYTES_MAX is written as several records of one transaction, counted once');
   const read = log.read(31, 10);
   t.same(read.map((e) => e.offset), [31, 32, 33, 34]);
   t.equal(Buffer.from(read[3]!.body).toString(), big + '3');
+});
+
+t.test('the batch listener counts requests per write transaction, not per record', async (t) => {
+  const log = await Log.open(base(join(tempDir(), 'log')));
+  t.teardown(() => log.close());
+  const batches: number[] = [];
+  log.onBatch((count) => batches.push(count));
+  await appendTurn(log, 7);
+  await Promise.all([appendTurn(log, 3), appendTurn(log, 2)]); // one turn, one transaction
+  t.same(batches, [7, 5]);
+});
+
+t.test('retention keeps what was pinned after its pass began (its transaction runs later)', async (t) => {
+  const log = await Log.open(base(join(tempDir(), 'log'), { consumers: ['a'], retentionMs: 0 }));
+  t.teardown(() => log.close());
+  for (let i = 0; i < 50; i++) await appendTurn(log, 1, 1); // 50 records
+  await log.commitOffset('a', 50);
+  const pass = log.applyRetention();
+  const unpin = log.pin(11); // a rewind to 11, between the choice of keys and the transaction
+  t.equal(await pass, 10, 'only the entries before the pin are removed');
+  t.equal(log.firstOffset(), 11);
+  t.same(log.read(11, 100).map((e) => e.offset), Array.from({ length: 40 }, (_, i) => i + 11), 'the pinned entries are all still there');
+  unpin();
+  t.equal(await log.applyRetention(), 40, 'once unpinned they go');
+});
+
+t.test('a record never overwrites another: a collision fails the log', async (t) => {
+  const dir = join(tempDir(), 'log');
+  const log = await Log.open(base(dir));
+  t.teardown(() => log.close());
+  await appendTurn(log, 10);
+  // A second writer on the same file (what the lock prevents) puts a record at the next offset.
+  const raw = open({ path: join(dir, 'crowd.mdb'), maxDbs: 8 }).openDB<Buffer, number>({ name: 'entries', encoding: 'binary', keyEncoding: 'ordered-binary' });
+  const theirs = Buffer.from('a record of another writer');
+  await raw.put(11, theirs);
+  const fatal: Error[] = [];
+  log.onFatal((err) => fatal.push(err));
+  const outcome = appendTurn(log, 1).then(
+    () => 'acknowledged',
+    (err: Error & { code?: string }) => err.code,
+  );
+  t.equal(await outcome, 'CROWD_ERR_LOG_OFFSET', 'the append is not acknowledged');
+  await new Promise((r) => setTimeout(r, 20));
+  t.equal(fatal.length, 1, 'the owner is told to crash-stop');
+  t.match(fatal[0]!.message, /offset 11 is already in .*refusing to overwrite/);
+  t.same(raw.get(11), theirs, 'the other record is unchanged');
+  t.equal(log.refusal(), 'failed');
+});
+
+t.test('a closed log refuses reads and writes with a clear error; housekeeping after close is a no-op', async (t) => {
+  const log = await Log.open(base(join(tempDir(), 'log'), { consumers: ['a'] }));
+  await appendTurn(log, 3);
+  await log.close();
+  t.throws(() => log.read(1, 10), { code: 'CROWD_ERR_LOG_CLOSED', message: /is closed/ });
+  t.throws(() => log.append(entry('x'), { appended: () => undefined }), { code: 'CROWD_ERR_LOG_CLOSED' });
+  await t.rejects(log.commitOffset('a', 1), { code: 'CROWD_ERR_LOG_CLOSED' });
+  t.equal(await log.applyRetention(), 0);
+  await t.resolves(log.saveStats());
+  t.equal(log.stats().last_offset, 3, 'stats stay readable');
+});
+
+t.test('a retention pass stops between chunks when asked to', async (t) => {
+  const log = await Log.open(base(join(tempDir(), 'log'), { consumers: ['a'], retentionMs: 0 }));
+  t.teardown(() => log.close());
+  for (let i = 0; i < RETENTION_CHUNK + 5; i++) await appendTurn(log, 1, 1); // one record each
+  await log.commitOffset('a', RETENTION_CHUNK + 5);
+  let asked = 0;
+  t.equal(await log.applyRetention(() => asked++ > 0), RETENTION_CHUNK, 'one chunk, then it stops');
+  t.equal(await log.applyRetention(), 5, 'the next pass removes the rest');
 });
