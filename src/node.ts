@@ -25,6 +25,8 @@ export const SHUTDOWN_GRACE_MS = 10_000;
 export const DELIVERY_STOP_GRACE_MS = 5_000;
 /** Retention and stats persistence run this often (at most). */
 export const HOUSEKEEPING_INTERVAL_MS = 5_000;
+/** A stuck writer (see Log.checkStall) is looked for this often, also while stopping. */
+export const STALL_CHECK_INTERVAL_MS = 1_000;
 
 /** In log.dir: the pid and the ports this node listens on. */
 export const RUNTIME_FILE = 'crowd.runtime.json';
@@ -48,7 +50,10 @@ export class CrowdNode {
   private ingest: IngestServer | null = null;
   private delivery: Delivery | null = null;
   private housekeeping: NodeJS.Timeout | null = null;
-  private housekeepingRunning = false;
+  /** The retention and stats pass in progress; stop() waits for it before closing the log. */
+  private housekeepingRun: Promise<void> | null = null;
+  /** Checks for a stuck writer, from start until the log is closed (also while draining). */
+  private stallTimer: NodeJS.Timeout | null = null;
 
   private constructor(opts: NodeOptions) {
     this.opts = opts;
@@ -100,8 +105,10 @@ export class CrowdNode {
     const ingest = new IngestServer({ uws: loadNativeUws(), config, log, metrics: this.metrics, accepted: (route) => delivery.accepted(route) });
     this.ingest = ingest;
     const port = await ingest.start();
-    this.housekeeping = setInterval(() => void this.houseKeep(), Math.min(HOUSEKEEPING_INTERVAL_MS, Math.max(1000, config.log.retention)));
+    this.housekeeping = setInterval(() => this.houseKeep(), Math.min(HOUSEKEEPING_INTERVAL_MS, Math.max(1000, config.log.retention)));
     this.housekeeping.unref();
+    this.stallTimer = setInterval(() => log.checkStall(), STALL_CHECK_INTERVAL_MS);
+    this.stallTimer.unref();
     // Where a local CLI finds this node when the config says port 0 (a port picked at start).
     writeFileSync(join(config.log.dir, RUNTIME_FILE), JSON.stringify({ pid: process.pid, port, admin_port: adminPort, started_at: new Date().toISOString() }) + '\n');
     this.state = 'ready';
@@ -113,24 +120,25 @@ export class CrowdNode {
     );
   }
 
-  private async houseKeep(): Promise<void> {
+  private houseKeep(): void {
     const log = this.log;
-    if (!log || this.state !== 'ready') return;
-    log.checkStall();
-    if (this.housekeepingRunning) return;
-    this.housekeepingRunning = true;
+    if (!log || this.state !== 'ready' || this.housekeepingRun) return;
+    this.housekeepingRun = this.runHousekeeping(log).finally(() => {
+      this.housekeepingRun = null;
+    });
+  }
+
+  private async runHousekeeping(log: Log): Promise<void> {
     try {
-      const removed = await log.applyRetention();
+      const removed = await log.applyRetention(() => this.state !== 'ready');
       if (removed > 0) {
         this.metrics.retentionRemoved.inc(removed);
         this.opts.logger.info({ event: 'retention', removed }, `retention removed ${removed} entries`);
       }
-      await log.saveStats();
+      if (this.state === 'ready') await log.saveStats();
     } catch (err) {
       // A failed commit here has already failed the log (and so the node); this line says where.
       this.opts.logger.error({ event: 'housekeeping_failed', err }, `housekeeping failed: ${(err as Error).message}`);
-    } finally {
-      this.housekeepingRunning = false;
     }
   }
 
@@ -162,7 +170,10 @@ export class CrowdNode {
     // Requests in flight to upstreams get a few seconds; what does not finish is sent again after the restart.
     await this.delivery?.stop(DELIVERY_STOP_GRACE_MS);
     this.admin.stop();
+    // A retention pass stops at its next chunk once draining; its transaction finishes first.
+    await this.housekeepingRun;
     await this.log?.close();
+    if (this.stallTimer) clearInterval(this.stallTimer);
     if ((this.state as NodeState) === 'failed') return; // a commit failed while draining
     this.state = 'stopped';
     const s = this.log?.stats();

@@ -75,7 +75,13 @@ export const SCHEMA: Record<string, Spec> = {
     kind: 'table',
     doc: 'The write-ahead log (one LMDB environment).',
     fields: {
-      dir: { kind: 'string', doc: 'Directory of the log; created if missing. Relative paths are relative to the working directory.', default: './data' },
+      dir: {
+        kind: 'string',
+        doc: 'Directory of the log; created if missing. Relative paths are relative to the working directory.',
+        default: './data',
+        pattern: /^(?=[^]*\S)[^\0]*$/,
+        hint: 'a directory path (not empty, no NUL byte)',
+      },
       max_bytes: {
         kind: 'size',
         doc: 'Bytes of requests held in the log above which new requests get 503 + Retry-After.',

@@ -34,7 +34,9 @@ export function makeLogDir(dir: string): void {
       if (!st.isDirectory()) throw new CrowdError('CROWD_ERR_LOG_DIR', `log.dir ${dir}: ${existing} exists and is not a directory`);
       break;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw wrap(dir, existing, err);
+      const code = (err as NodeJS.ErrnoException).code;
+      // ENOTDIR: some ancestor is a file; walking up finds it and says so.
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw wrap(dir, existing, err);
       missing.unshift(existing);
       const parent = dirname(existing);
       if (parent === existing) throw wrap(dir, existing, err);
@@ -55,5 +57,5 @@ export function makeLogDir(dir: string): void {
 function wrap(dir: string, at: string, err: unknown): CrowdError {
   if (err instanceof CrowdError) return err;
   const e = err as NodeJS.ErrnoException;
-  return new CrowdError('CROWD_ERR_LOG_DIR', `log.dir ${dir}: cannot create ${at}: ${e.code ?? ''} ${e.message}`.replace(/\s+/g, ' ').trim(), { cause: err });
+  return new CrowdError('CROWD_ERR_LOG_DIR', `log.dir ${dir}: cannot create ${at}: ${e.message}`, { cause: err });
 }

@@ -26,6 +26,7 @@ t.test('bad configs: exit 2, one line per problem, file and key path named', asy
     ['syntax.json', '{"server": {"port": 80,}}', [/^crowd: config error: .*syntax\.json: file: not valid JSON/m]],
     ['types.json', JSON.stringify({ server: { port: 70000 }, routes: [{ name: 'r', path: '/r', targets: ['t'] }] }), [/types\.json: server\.port: 70000 is out of range/]],
     ['refs.json', JSON.stringify({ routes: [{ name: 'r', path: '/r', targets: ['t'] }] }), [/refs\.json: routes\[0\]\.targets\[0\]: no target is named "t"/]],
+    ['emptydir.toml', '[log]\ndir = ""\n', [/emptydir\.toml: log\.dir: "" is not valid: expected a directory path/]],
   ];
   for (const [name, text, want] of cases) {
     const file = join(dir, name);
@@ -64,4 +65,27 @@ t.test('help lists the commands', async (t) => {
   const r = await runCli(['--help'], { cwd: ROOT });
   t.equal(r.code, 0);
   for (const c of ['start', 'check', 'status', 'tail']) t.match(r.stdout, new RegExp(`\\b${c}\\b`));
+});
+
+t.test('start failures: exit 1 with one clear line, no stack trace, and no hang', async (t) => {
+  const dir = tempDir();
+  const cases: [string, string, RegExp][] = [
+    ['proc', '/proc/crowd-test/data', /log\.dir \/proc\/crowd-test\/data: \/proc is on a proc file system, which cannot hold a log/],
+    ['sys', '/sys/crowd-test', /log\.dir \/sys\/crowd-test: \/sys is on a sysfs file system/],
+    ['file', join(dir, 'a-file', 'data'), /log\.dir .*a-file\/data: .*a-file exists and is not a directory/],
+  ];
+  writeFileSync(join(dir, 'a-file'), 'x');
+  for (const [name, logDir, want] of cases) {
+    const file = join(dir, `${name}.json`);
+    writeFileSync(file, JSON.stringify({ server: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, log: { dir: logDir } }));
+    const r = await runCli(['start', '-c', file], { timeoutMs: 10_000 });
+    t.equal(r.code, 1, `${name}: exit 1`);
+    const lines = r.stdout.trim().split('\n').filter((l) => /"level":"fatal"/.test(l));
+    t.equal(lines.length, 1, `${name}: one fatal line`);
+    const line = JSON.parse(lines[0] ?? '{}');
+    t.equal(line.event, 'start_failed');
+    t.equal(line.code, 'CROWD_ERR_LOG_DIR');
+    t.match(line.msg, want);
+    t.notOk('err' in line || /\n\s+at /.test(lines[0] ?? ''), `${name}: no stack trace in the line`);
+  }
 });

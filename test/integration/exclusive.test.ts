@@ -21,6 +21,7 @@ t.test('a second crowd on the same log directory refuses to start', async (t) =>
   await t.rejects(second.start(), /exited \(1\) before listening/);
   t.match(second.lines.join('\n'), /CROWD_ERR_LOG_LOCKED/);
   t.match(second.lines.join('\n'), /in use by another crowd process \(pid \d+ on host \S+ since /);
+  t.notMatch(second.lines.join('\n'), /"stack"|\n\s+at /, 'one clear line, no stack trace');
   t.equal((await request(first.url('/leads'), { body: 'still fine' })).status, 200, 'the first one is unaffected');
 });
 
@@ -96,5 +97,6 @@ t.test('a second crowd on the same port refuses to start', async (t) => {
   t.teardown(() => second.stop());
   await t.rejects(second.start(), /exited \(1\) before listening/);
   t.match(second.lines.join('\n'), /CROWD_ERR_LISTEN/);
+  t.notMatch(second.lines.join('\n'), /"stack"|\n\s+at /, 'one clear line, no stack trace');
   t.match(second.lines.join('\n'), new RegExp(`cannot listen on 127\\.0\\.0\\.1:${first.port}`));
 });
