@@ -7,6 +7,7 @@ export const ErrorCodes = {
   CROWD_ERR_UWS_NATIVE: 'the native uWebSockets.js binary did not load',
   CROWD_ERR_LISTEN: 'could not listen on a configured address',
   CROWD_ERR_LOG_COMMIT: 'a log commit or fsync failed',
+  CROWD_ERR_LOG_STALLED: 'a log commit or flush has not completed in 30 s',
   CROWD_ERR_LOG_CLOSED: 'the log is closed',
   CROWD_ERR_LOG_LOCKED: 'another process writes to this log directory',
   CROWD_ERR_LOG_DIR: 'the log directory cannot be created or used',

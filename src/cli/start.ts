@@ -1,6 +1,6 @@
 import type { LoadedConfig } from '../config/load';
 import { CrowdError } from '../errors';
-import { exitWithoutSync } from '../log/lmdb';
+import { exitWithoutSync, killWithoutSync } from '../log/lmdb';
 import { CrowdNode } from '../node';
 import { createLogger } from '../observability/logger';
 
@@ -12,8 +12,10 @@ const FATAL_EXIT_DELAY_MS = 100;
  * after a failed fdatasync could mark the failed transaction as flushed (see log/lmdb.ts).
  * What was acknowledged was flushed already; nothing else may be synced now.
  */
-function failExit(delayMs = FATAL_EXIT_DELAY_MS): void {
-  setTimeout(() => exitWithoutSync(1), delayMs);
+function failExit(err?: unknown): void {
+  // A stalled commit leaves a thread stuck in the disk, which an orderly exit would wait for.
+  const stalled = err instanceof CrowdError && err.code === 'CROWD_ERR_LOG_STALLED';
+  setTimeout(() => (stalled ? killWithoutSync() : exitWithoutSync(1)), FATAL_EXIT_DELAY_MS);
 }
 
 export async function startCommand({ file, config }: LoadedConfig): Promise<void> {
@@ -47,7 +49,7 @@ export async function startCommand({ file, config }: LoadedConfig): Promise<void
       config,
       configFile: file,
       logger,
-      onFatal: () => failExit(),
+      onFatal: (err) => failExit(err),
     });
   } catch (err) {
     // One clear line: what failed and why. A stack trace only for errors crowd did not expect.

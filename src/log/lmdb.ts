@@ -74,12 +74,22 @@ export function putNew<K extends Key, V>(db: Database<V, K>, key: K, value: V): 
  * again: a failed commit or fsync, a stalled writer, an error nobody handled.
  * `process.reallyExit` is what `process.exit` calls after emitting 'exit'; it does not run
  * the native addons' cleanup hooks either (the strace test in test/crash/fsync-fault.test.ts
- * checks that no sync follows a failed one).
+ * checks that no sync follows a failed one). It does wait for the thread pool, so after a
+ * stalled commit (a thread stuck in fdatasync) use `killWithoutSync`.
  */
 export function exitWithoutSync(code: number): never {
   const really = (process as unknown as { reallyExit?: (code: number) => never }).reallyExit;
   if (typeof really === 'function') really.call(process, code);
   // Should a later Node.js drop reallyExit: a signal, which runs no hook at all.
+  process.kill(process.pid, 'SIGKILL');
+  throw new Error('unreachable');
+}
+
+/**
+ * Ends the process now by SIGKILL: for a stalled commit, whose thread stuck in the disk
+ * would hold up any orderly exit. No hook runs; the supervisor sees a kill, not exit 1.
+ */
+export function killWithoutSync(): never {
   process.kill(process.pid, 'SIGKILL');
   throw new Error('unreachable');
 }

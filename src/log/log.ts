@@ -511,7 +511,7 @@ export class Log {
     const since = oldest?.started ?? this.closeStarted;
     if (this.failure || since === null || this.firstAtClose !== null || now - since < COMMIT_STALL_MS) return;
     const what = oldest ? `commit to ${this.dir}` : `closing ${this.dir} (its last flush)`;
-    this.failure = new CrowdError('CROWD_ERR_LOG_COMMIT', `${what} has not completed in ${Math.round((now - since) / 1000)} s${oldest ? ` (offsets ${oldest.firstOffset}-${oldest.lastOffset})` : ''}`);
+    this.failure = new CrowdError('CROWD_ERR_LOG_STALLED', `${what} has not completed in ${Math.round((now - since) / 1000)} s${oldest ? ` (offsets ${oldest.firstOffset}-${oldest.lastOffset})` : ''}`);
     for (const b of this.unsettled) b.settled = true;
     this.release();
     void this.notifyFatal(this.failure, null);

@@ -99,7 +99,7 @@ t.test('a commit that never completes fails the log', async (t) => {
   );
   await new Promise((r) => setImmediate(r)); // the records are written, the commit is running
   log.checkStall(performance.now() + 60_000);
-  t.equal(await outcome, 'CROWD_ERR_LOG_COMMIT', 'the waiting appends fail instead of hanging');
+  t.equal(await outcome, 'CROWD_ERR_LOG_STALLED', 'the waiting appends fail instead of hanging');
   await new Promise((r) => setTimeout(r, 20));
   t.equal(fatal.length, 1, 'the owner is told to crash-stop');
   t.match(fatal[0]!.message, /has not completed in \d+ s/);
