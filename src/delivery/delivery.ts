@@ -13,7 +13,7 @@ import type { Log } from '../log/log';
 import type { Logger } from '../observability/logger';
 import type { Metrics } from '../observability/metrics';
 import { CrowdError } from '../errors';
-import { Consumer, type ConsumerStatus, type PendingCommit } from './consumer';
+import { Consumer, ReadAheadBudget, type ConsumerStatus, type PendingCommit } from './consumer';
 import { HttpSink } from './sinks/http';
 import type { Sink } from './sinks/sink';
 
@@ -44,6 +44,8 @@ export class Delivery {
   constructor(deps: DeliveryDeps) {
     this.deps = deps;
     const { config } = deps;
+    // Envelopes held for delivery, over all targets together.
+    const budget = new ReadAheadBudget(config.delivery.max_read_ahead_bytes);
     for (const t of config.targets) {
       const routes = new Set(config.routes.filter((r) => r.targets.includes(t.name)).map((r) => r.name));
       const consumer = new Consumer({
@@ -52,6 +54,7 @@ export class Delivery {
         log: deps.log,
         sink: makeSink(t),
         logger: deps.logger,
+        budget,
         events: {
           attemptSeconds: ((h) => (seconds: number) => h.observe(seconds))(deps.metrics.deliverySecondsOf(t.name)),
           commitSoon: () => this.commitSoon(),
