@@ -98,7 +98,7 @@ export class CrowdNode {
       this.metrics.appendSeconds.observeMany(seconds, count);
     });
     log.onFatal((err) => this.fatal(err));
-    const delivery = new Delivery({ config, log, logger, metrics: this.metrics });
+    const delivery = new Delivery({ config, log, logger, metrics: this.metrics, onFatal: (err) => this.fatal(err) });
     this.delivery = delivery;
     // Before ingest starts: every acknowledgement after this point is counted per target.
     await delivery.start();

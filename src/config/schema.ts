@@ -136,6 +136,13 @@ export const SCHEMA: Record<string, Spec> = {
       rate: { kind: 'number', doc: 'Requests per second; 0 = unlimited.', default: 0, min: 0, max: 1_000_000 },
       timeout: { kind: 'duration', doc: 'Time limit of one delivery attempt (connect, send and response headers).', default: '10s', min_ms: 1 },
       ordered: { kind: 'boolean', doc: 'Deliver in strict offset order, one request in flight; a retrying request holds back the ones after it.', default: false },
+      max_read_ahead_bytes: {
+        kind: 'size',
+        doc: 'Bytes of requests read from the log and held in memory for this target (waiting to be sent or in flight); requests waiting for a retry keep only their offset. At least one request is always held, whatever its size.',
+        default: '16MiB',
+        min_bytes: 64 * 1024,
+        max_bytes: 64 * 1024 ** 3,
+      },
       retry: {
         kind: 'table',
         doc: 'Retry policy.',
@@ -151,6 +158,19 @@ export const SCHEMA: Record<string, Spec> = {
             max_items: 100,
           },
         },
+      },
+    },
+  },
+  delivery: {
+    kind: 'table',
+    doc: 'Delivery to the targets.',
+    fields: {
+      max_read_ahead_bytes: {
+        kind: 'size',
+        doc: 'Bytes of requests held in memory for delivery over all targets together (each target also has its own targets[].max_read_ahead_bytes); past it, a target holding one request or more reads no more.',
+        default: '256MiB',
+        min_bytes: 1024 * 1024,
+        max_bytes: 256 * 1024 ** 3,
       },
     },
   },
@@ -183,6 +203,8 @@ export interface TargetConfig {
   /** Milliseconds. */
   readonly timeout: number;
   readonly ordered: boolean;
+  /** Bytes of envelopes held in memory for this target. */
+  readonly max_read_ahead_bytes: number;
   /** Durations in milliseconds. */
   readonly retry: { readonly base: number; readonly max: number; readonly max_age: number; readonly permanent: readonly number[] };
 }
@@ -201,5 +223,6 @@ export interface Config {
   readonly log: { readonly dir: string; readonly max_bytes: number; readonly retention: number; readonly max_pending_writes: number; readonly max_pending_bytes: number };
   readonly routes: readonly RouteConfig[];
   readonly targets: readonly TargetConfig[];
+  readonly delivery: { readonly max_read_ahead_bytes: number };
   readonly cluster: { readonly peers: readonly string[]; readonly ack: 'local' | 'quorum' };
 }

@@ -15,25 +15,28 @@
  * - Offsets are committed in batches (the delivery manager writes every consumer's changes
  *   in one transaction). After a crash the consumer resumes from the committed offset:
  *   what was delivered after it is delivered again, at most WINDOW_MAX entries.
+ *
+ * The parts: the main line (`window.ts`), the retry line (`retry-line.ts`), the pump
+ * (`pump.ts`), and the ledger (`ledger.ts`), the one record of who owns each offset. This
+ * file moves requests between them, keeps the accounting (accepted = delivered + dead +
+ * purged + lag at every moment) and checks the invariants at each transition.
  */
 import type { TargetConfig } from '../config/schema';
 import { decodeEnvelope, reencodeEnvelope, type Envelope } from '../log/codec';
 import type { ConsumerCommit, Held, HeldEntry } from '../log/delivery-store';
 import type { Log } from '../log/log';
 import type { Logger } from '../observability/logger';
-import { Breaker, TokenBucket } from './flow';
-import { MinHeap } from './heap';
+import { newItem, envelopeBytes, type Item } from './item';
+import { Ledger, invariant } from './ledger';
+import { Pump, type PumpLines } from './pump';
 import { classify, backoffMs, parseRetryAfter, retryDelayMs } from './retry';
+import { RetryLine } from './retry-line';
 import type { AttemptResult, Sink } from './sinks/sink';
+import { MainLine, ReadAheadBudget, WINDOW_MAX } from './window';
 
-/** Log entries between the committed offset and the read position: bounds re-deliveries after a crash. */
-export const WINDOW_MAX = 8192;
-/** Entries read from the log at a time. */
-export const READ_BATCH = 512;
-/** Requests waiting for a retry (in memory and parked); past it, no new entries are read. */
-export const RETRYING_MAX = 100_000;
-/** setTimeout's largest delay; a longer wait wakes up early and sleeps again. */
-const TIMER_MAX_MS = 2 ** 31 - 1;
+export { WINDOW_MAX, READ_BATCH, RETRYING_MAX, ReadAheadBudget } from './window';
+export type { Item } from './item';
+
 /** Passed entries not yet committed that make the consumer ask for a commit now. */
 const COMMIT_EARLY = WINDOW_MAX / 4;
 
@@ -41,32 +44,9 @@ export type TargetState = 'starting' | 'ok' | 'backoff' | 'circuit-open' | 'paus
 
 export type AttemptOutcome = 'delivered' | 'retry' | 'error' | 'timeout' | 'dead' | 'paused';
 
-type ItemState = 'pending' | 'inflight' | 'waiting' | 'done' | 'dead';
-
-export interface Item {
-  readonly offset: number;
-  /** Null while parked on disk (loaded again when due). */
-  env: Envelope | null;
-  received_at: number;
-  /** When a dead letter was replayed (0: never); retry.max_age counts from the later of the two. */
-  replayedAt: number;
-  attempts: number;
-  due: number;
-  status: number;
-  error: string;
-  firstAttemptAt: number;
-  state: ItemState;
-  /** Still in the window (the offset has not passed it). */
-  inWindow: boolean;
-  /** A retry record exists (or is being written). */
-  parked: boolean;
-  gen: number;
-}
-
 /** A consumer's part of a commit, and what to do once it is durable. */
 export interface PendingCommit {
   readonly commit: ConsumerCommit;
-  readonly parked: readonly Item[];
   readonly gen: number;
 }
 
@@ -87,6 +67,8 @@ export interface ConsumerDeps {
   readonly events: ConsumerEvents;
   readonly now?: () => number;
   readonly random?: () => number;
+  /** Envelope bytes held by all consumers together (default: this target's bound alone). */
+  readonly budget?: ReadAheadBudget;
 }
 
 export interface ConsumerStatus {
@@ -114,40 +96,25 @@ export class Consumer {
   private readonly now: () => number;
   private readonly random: () => number;
   private readonly permanent: ReadonlySet<number>;
-  private readonly concurrency: number;
-  private readonly bucket: TokenBucket;
-  readonly breaker = new Breaker();
+  private readonly budget: ReadAheadBudget;
+  private readonly ledger: Ledger;
+  private readonly main: MainLine;
+  private readonly retry = new RetryLine();
+  private readonly pumper: Pump;
+  private readonly lines: PumpLines;
 
-  /** Offset of the first slot: everything before it is passed (finished or held). */
-  private head = 1;
-  /** Next offset to read from the log. */
-  private next = 1;
   /** The offset stored on disk (as of the last finished commit). */
   private committedOffset = 0;
-  /** Window slots from `head`: null when finished or not for this target. */
-  private slots: (Item | null)[] = [];
-  private slotStart = 0;
-  /** Read from the log, not sent yet, in offset order. */
-  private queue: Item[] = [];
-  private queueStart = 0;
-  /** Every request waiting for another attempt or being retried, by offset. */
-  private readonly retrying = new Map<number, Item>();
-  /** Ordered by due time, then offset (so that equal times keep offset order). */
-  private readonly due = new MinHeap<Item>((a, b) => a.due < b.due || (a.due === b.due && a.offset < b.offset));
-  /**
-   * Offsets past `next` not to send from the log because the target holds them already (a
-   * retry record or a dead letter): after a restart or a rewind the main line reads them again.
-   */
-  private readonly skip = new Set<number>();
-  private inFlight = 0;
   private gen = 0;
+  /** Envelope bytes this consumer holds (pending and in flight requests). */
+  private bytes = 0;
 
   // Changes for the next commit.
   private park: HeldEntry[] = [];
   private unpark: number[] = [];
   private dead: HeldEntry[] = [];
-  /** Items parked by the commit being written: their envelopes are dropped once it is durable. */
-  private parkedInCommit: Item[] = [];
+  /** Retry records of the commit being written (not readable from the store until it is durable). */
+  private parkInCommit: readonly HeldEntry[] = [];
 
   // Accounting: accepted = delivered + dead + purged + lag, at every moment.
   accepted = 0;
@@ -158,11 +125,7 @@ export class Consumer {
 
   private state: 'starting' | 'running' | 'rewinding' | 'stopped' = 'starting';
   private paused = false;
-  /** The upstream asked (Retry-After) not to be called before this time. */
-  private holdUntil = 0;
   private lastError: { at: number; status: number | null; message: string; offset: number } | null = null;
-  private timer: NodeJS.Timeout | null = null;
-  private timerAt = Infinity;
   private pumpQueued = false;
   private idleWaiters: (() => void)[] = [];
 
@@ -173,9 +136,100 @@ export class Consumer {
     this.now = deps.now ?? Date.now;
     this.random = deps.random ?? Math.random;
     this.permanent = new Set(deps.target.retry.permanent);
-    this.concurrency = deps.target.ordered ? 1 : deps.target.concurrency;
-    this.bucket = new TokenBucket(deps.target.rate, this.now());
+    this.budget = deps.budget ?? new ReadAheadBudget(deps.target.max_read_ahead_bytes);
+    this.ledger = new Ledger(this.name);
+    this.pumper = new Pump(deps.target.ordered ? 1 : deps.target.concurrency, deps.target.rate, this.now, () => this.pump());
+    this.main = new MainLine({
+      name: this.name,
+      log: deps.log,
+      routes: deps.routes,
+      ledger: this.ledger,
+      logger: deps.logger,
+      room: () => this.room(),
+      hold: (item, env, bytes) => this.hold(item, env, bytes),
+      commitSoon: () => this.d.events.commitSoon(),
+      notify: () => this.notify(),
+      afterRead: () => this.advance(),
+      gen: () => this.gen,
+    });
+    this.lines = {
+      peekRetry: () => this.retry.peek(this.gen),
+      peekMain: () => this.main.peek(this.committedOffset, this.retry.size),
+      mainHeld: () => this.t.ordered && this.retry.size > 0,
+      canHold: (item) => item.env !== null || this.room() > 0,
+      send: (item, fromRetry, now) => {
+        if (fromRetry) this.retry.pop();
+        else this.main.take();
+        this.send(item, now);
+      },
+    };
   }
+
+  /** The breaker of this target's upstream. */
+  get breaker() {
+    return this.pumper.breaker;
+  }
+
+  // --- Envelope bytes -----------------------------------------------------------------------
+
+  /** Bytes this consumer may still take: > 0 whenever it holds nothing (one request always fits). */
+  private room(): number {
+    if (this.bytes === 0) return Infinity;
+    return Math.min(this.t.max_read_ahead_bytes - this.bytes, this.budget.limit - this.budget.used);
+  }
+
+  private hold(item: Item, env: Envelope, bytes: number): void {
+    invariant(item.env === null && item.bytes === 0, () => `target ${this.name}: offset ${item.offset} holds its envelope already`);
+    item.env = env;
+    item.bytes = bytes;
+    this.bytes += bytes;
+    this.budget.used += bytes;
+  }
+
+  private release(item: Item): void {
+    this.bytes -= item.bytes;
+    this.budget.used -= item.bytes;
+    item.bytes = 0;
+    item.env = null;
+  }
+
+  /** Envelope bytes held now (pending and in flight requests). */
+  heldBytes(): number {
+    return this.bytes;
+  }
+
+  /**
+   * Reads an envelope again: from the retry record once the main line passed the request,
+   * else from the log (which keeps it: the committed offset is below it). Null when gone.
+   */
+  private reload(item: Item): Envelope | null {
+    if (item.parked) {
+      const held = this.pendingRecord(item.offset) ?? this.d.log.delivery.retry(this.name, item.offset);
+      if (held === undefined) return null;
+      const env = decodeEnvelope(held.envelope);
+      if (!item.loaded) {
+        item.loaded = true;
+        item.received_at = env.received_at;
+        item.replayedAt = held.replayed_at;
+        item.status = held.status;
+        item.error = held.error;
+        item.firstAttemptAt = held.first_attempt_at;
+      }
+      return env;
+    }
+    const [env] = this.d.log.read(item.offset, 1, item.offset, true);
+    return env !== undefined && env.offset === item.offset ? env : null;
+  }
+
+  /** The retry record of `offset` that the next commit, or the one being written, stores. */
+  private pendingRecord(offset: number): Held | undefined {
+    for (const list of [this.park, this.parkInCommit]) {
+      for (let i = list.length - 1; i >= 0; i--) if (list[i]!.offset === offset) return list[i]!.held;
+    }
+    return undefined;
+  }
+
+  // --- Start --------------------------------------------------------------------------------
 
   /**
    * Loads the offset, the parked retries and the dead-letter count (synchronously, before
@@ -207,22 +261,12 @@ export class Consumer {
       this.committedOffset = first - 1;
       storeOffset = true;
     }
-    this.head = this.next = this.committedOffset + 1;
-    for (const r of store.retryIndex(this.name)) {
-      this.addParked(r);
-      if (r.offset > this.committedOffset) this.skip.add(r.offset);
-    }
-    for (const o of store.deadOffsets(this.name, this.committedOffset + 1)) this.skip.add(o);
+    this.main.reset(this.committedOffset + 1);
+    for (const r of store.retryIndex(this.name)) this.addParked(r, undefined);
+    for (const o of store.deadOffsets(this.name, this.committedOffset + 1)) this.ledger.move(o, undefined, 'dead');
     this.deadCount = store.deadCount(this.name);
-    this.accepted = this.retrying.size + this.deadCount;
-    return { backlogFrom: this.head, backlogThrough: log.durableOffset(), store: storeOffset };
-  }
-
-  /** How many offsets of the skip set lie in [from, through]. */
-  private skippedIn(from: number, through: number): number {
-    let n = 0;
-    for (const o of this.skip) if (o >= from && o <= through) n++;
-    return n;
+    this.accepted = this.retry.size + this.deadCount;
+    return { backlogFrom: this.main.head, backlogThrough: log.durableOffset(), store: storeOffset };
   }
 
   /** The offset a new (or moved-up) target starts from (stored before ingest starts accepting). */
@@ -236,7 +280,7 @@ export class Consumer {
       try {
         const n = await this.d.log.countRoutes(backlog.backlogFrom, backlog.backlogThrough, this.d.routes);
         // Requests held as retrying or dead are counted once (there), not again as backlog.
-        this.accepted += n - this.skippedIn(backlog.backlogFrom, backlog.backlogThrough);
+        this.accepted += n - this.ledger.heldOutsideIn(backlog.backlogFrom, backlog.backlogThrough);
       } catch (err) {
         this.d.logger.error({ event: 'backlog_count_failed', target: this.name, err }, `target ${this.name}: counting the backlog failed (${(err as Error).message}); delivery starts, lag and accepted exclude the backlog`);
       }
@@ -263,135 +307,30 @@ export class Consumer {
     this.pump();
   };
 
-  private newItem(offset: number, env: Envelope | null, receivedAt: number): Item {
-    return { offset, env, received_at: receivedAt, replayedAt: 0, attempts: 0, due: 0, status: 0, error: '', firstAttemptAt: 0, state: 'pending', inWindow: true, parked: false, gen: this.gen };
-  }
-
   /** Sends whatever may be sent now; sets a timer for the next moment something may. */
   pump(): void {
     if (this.state !== 'running') return;
-    let wakeAt = Infinity;
-    while (this.inFlight < this.concurrency) {
-      const now = this.now();
-      if (now < this.holdUntil) {
-        wakeAt = this.holdUntil;
-        break;
-      }
-      let item: Item | null = null;
-      let fromRetry = false;
-      const top = this.peekDue();
-      if (top && top.due <= now) {
-        item = top;
-        fromRetry = true;
-      } else {
-        if (top) wakeAt = Math.min(wakeAt, top.due);
-        if (this.t.ordered && this.retrying.size > 0) break;
-        item = this.peekQueue();
-      }
-      if (item === null) break;
-      if (!this.breakerOpenUntil(now)) {
-        // While the probe is out its answer wakes the consumer; else the breaker's time does.
-        if (!this.breaker.probing) wakeAt = Math.min(wakeAt, this.breaker.until);
-        break;
-      }
-      const wait = this.bucket.take(now);
-      if (wait > 0) {
-        wakeAt = Math.min(wakeAt, now + wait);
-        break;
-      }
-      this.breaker.allow(now);
-      if (fromRetry) this.due.pop();
-      else this.queueStart++;
-      this.send(item, now);
-    }
-    this.schedule(wakeAt);
+    this.pumper.run(this.lines);
   }
 
-  /** True when the breaker lets a request through now (without taking the probe). */
-  private breakerOpenUntil(now: number): boolean {
-    const b = this.breaker;
-    if (b.state === 'closed') return true;
-    return !b.probing && now >= b.until;
-  }
-
-  private peekDue(): Item | null {
-    for (;;) {
-      const top = this.due.peek();
-      if (!top) return null;
-      if (top.state === 'waiting' && top.gen === this.gen && this.retrying.get(top.offset) === top) return top;
-      this.due.pop(); // stale: delivered, dead-lettered or dropped by a rewind
-    }
-  }
-
-  /** The next entry of the main line, reading from the log when the queue is empty. */
-  private peekQueue(): Item | null {
-    if (this.queueStart < this.queue.length) return this.queue[this.queueStart]!;
-    this.queue = [];
-    this.queueStart = 0;
-    const { log } = this.d;
-    // Bounded reads per pump; an idle consumer is woken by `notify`.
-    for (let reads = 0; reads < 8; reads++) {
-      const durable = log.durableOffset();
-      if (this.next > durable) return null;
-      const first = log.firstOffset();
-      if (this.next < first) {
-        // Entries this target had not passed are gone (removed while it was not configured):
-        // once nothing before them is pending, move on to what the log holds.
-        if (this.slotStart < this.slots.length) return null;
-        this.d.logger.warn({ event: 'target_offset_behind', target: this.name, offset: this.next - 1, first_offset: first }, `target ${this.name}: entries ${this.next}-${first - 1} are no longer in the log; it goes on at ${first}`);
-        this.head = this.next = first;
-      }
-      if (this.next - this.committedOffset > WINDOW_MAX || this.retrying.size >= RETRYING_MAX) {
-        this.d.events.commitSoon();
-        return null;
-      }
-      const through = Math.min(durable, this.committedOffset + WINDOW_MAX);
-      const entries = log.read(this.next, READ_BATCH, through, true);
-      if (entries.length === 0) return null;
-      for (const e of entries) {
-        for (let o = this.next; o < e.offset; o++) this.slots.push(null); // a gap (bounded by the window)
-        this.next = e.offset + 1;
-        if (this.skip.size > 0 && this.skip.delete(e.offset)) {
-          this.slots.push(null);
-        } else if (this.d.routes.has(e.route)) {
-          const item = this.newItem(e.offset, e, e.received_at);
-          this.slots.push(item);
-          this.queue.push(item);
-        } else {
-          this.slots.push(null);
-        }
-      }
-      this.advanceHead();
-      if (this.queue.length > 0) return this.queue[0]!;
-    }
-    this.notify();
-    return null;
-  }
+  // --- Attempts -----------------------------------------------------------------------------
 
   private send(item: Item, now: number): void {
     let env = item.env;
     if (env === null) {
-      const held = this.d.log.delivery.retry(this.name, item.offset);
-      if (held === undefined) {
+      env = this.reload(item);
+      if (env === null) {
         // Only a rewind or a purge race can get here; nothing to send.
-        this.retrying.delete(item.offset);
-        item.state = 'done';
-        this.purged++; // it left without being delivered or dead-lettered
-        this.d.logger.error({ event: 'retry_missing', target: this.name, offset: item.offset }, `target ${this.name}: the retry record of offset ${item.offset} is gone; counted as purged`);
-        this.breaker.release();
+        this.gone(item);
+        this.pumper.breaker.release();
         return;
       }
-      env = item.env = decodeEnvelope(held.envelope);
-      item.received_at = env.received_at;
-      item.replayedAt = held.replayed_at;
-      item.status = held.status;
-      item.error = held.error;
-      item.firstAttemptAt = held.first_attempt_at;
+      this.hold(item, env, envelopeBytes(env));
     }
     item.state = 'inflight';
     item.attempts++;
     if (item.firstAttemptAt === 0) item.firstAttemptAt = now;
-    this.inFlight++;
+    this.pumper.inFlight++;
     const gen = this.gen;
     const started = performance.now();
     this.d.sink.send(env, item.attempts).then(
@@ -400,8 +339,23 @@ export class Consumer {
     );
   }
 
+  /** A request whose envelope is gone (its retry record was removed): counted as purged. */
+  private gone(item: Item): void {
+    this.d.logger.error({ event: 'retry_missing', target: this.name, offset: item.offset }, `target ${this.name}: the stored request of offset ${item.offset} is gone; counted as purged`);
+    this.retry.remove(item);
+    item.state = 'done';
+    this.purged++; // it left without being delivered or dead-lettered
+    if (!item.inWindow) this.leaveRetry(item, 'done');
+  }
+
+  /** A request of the retry line outside the window finished: ahead of the main line, it is marked so that the main line skips it. */
+  private leaveRetry(item: Item, as: 'done' | 'dead'): void {
+    this.ledger.move(item.offset, 'retry', item.offset >= this.main.next ? as : undefined);
+  }
+
   private finished(item: Item, r: AttemptResult, gen: number, started: number): void {
-    this.inFlight--;
+    this.pumper.inFlight--;
+    this.release(item);
     const now = this.now();
     const verdict = r.unsendable ? 'dead' : classify(r.status, this.permanent);
     const outcome: AttemptOutcome = verdict === 'retry' ? (r.status === null ? (r.timedOut ? 'timeout' : 'error') : 'retry') : verdict === 'pause' ? 'paused' : verdict;
@@ -409,32 +363,33 @@ export class Consumer {
     this.d.events.attemptSeconds((performance.now() - started) / 1000);
     if (gen !== this.gen && !item.parked) {
       // Rewound meanwhile: this entry is read again from the log and sent again.
-      this.breaker.release();
+      this.pumper.breaker.release();
       this.idle();
       return;
     }
     item.status = r.status ?? 0;
     item.error = r.error;
     if (verdict !== 'delivered') this.lastError = { at: now, status: r.status, message: r.error, offset: item.offset };
+    const b = this.pumper.breaker;
     switch (verdict) {
       case 'delivered':
-        this.breaker.success();
+        b.success();
         if (this.paused) {
           this.paused = false;
           this.d.logger.info({ event: 'target_resumed', target: this.name }, `target ${this.name} answered ${r.status} again: resumed`);
         }
         this.delivered++;
         item.state = 'done';
-        item.env = null;
-        if (this.retrying.get(item.offset) === item) this.retrying.delete(item.offset);
+        this.retry.remove(item);
+        if (!item.inWindow) this.leaveRetry(item, 'done');
         if (item.parked) this.unpark.push(item.offset);
         break;
       case 'dead':
-        this.breaker.success(); // the upstream works; it refused this request
+        b.success(); // the upstream works; it refused this request
         this.toDead(item, now);
         break;
       case 'pause':
-        this.breaker.trip(now + this.t.retry.max);
+        b.trip(now + this.t.retry.max);
         if (!this.paused) {
           this.paused = true;
           this.d.logger.error(
@@ -447,11 +402,11 @@ export class Consumer {
       case 'retry': {
         const ra = r.status === null ? null : parseRetryAfter(r.retryAfter, now);
         // An upstream that says when to come back is waited for (holdUntil), not counted as broken.
-        if (ra === null) this.breaker.failure(now, (opens) => Math.max(this.t.retry.base, backoffMs(opens + 1, this.t.retry.base, this.t.retry.max, this.random)));
+        if (ra === null) b.failure(now, (opens) => Math.max(this.t.retry.base, backoffMs(opens + 1, this.t.retry.base, this.t.retry.max, this.random)));
         else {
-          this.holdUntil = Math.max(this.holdUntil, now + retryDelayMs(item.attempts, ra, this.t.retry.base, this.t.retry.max));
+          this.pumper.holdUntil = Math.max(this.pumper.holdUntil, now + retryDelayMs(item.attempts, ra, this.t.retry.base, this.t.retry.max));
           // A probe answered with Retry-After ends the probe; the next one waits that long.
-          if (this.breaker.state === 'half-open') this.breaker.trip(this.holdUntil);
+          if (b.state === 'half-open') b.trip(this.pumper.holdUntil);
         }
         if (now - Math.max(item.received_at, item.replayedAt) >= this.t.retry.max_age) {
           item.error = `older than retry.max_age (${Math.round(this.t.retry.max_age / 1000)} s) after ${item.attempts} attempts; last: ${r.error}`;
@@ -462,7 +417,8 @@ export class Consumer {
         break;
       }
     }
-    this.advanceHead();
+    this.advance();
+    this.check();
     this.idle();
     this.pump();
   }
@@ -470,101 +426,103 @@ export class Consumer {
   private toRetry(item: Item, due: number): void {
     item.state = 'waiting';
     item.due = due;
-    this.retrying.set(item.offset, item);
-    this.due.push(item);
-    // A parked request's record gets its new attempt count.
-    if (item.parked) {
-      this.park.push({ offset: item.offset, held: this.heldOf(item, due) });
-      this.parkedInCommit.push(item);
-    }
+    this.retry.wait(item);
+    // A parked request's record gets its new attempt count (the envelope comes from the old record).
+    if (item.parked) this.parkRecord(item, due);
   }
 
   private toDead(item: Item, now: number): void {
     item.state = 'dead';
     item.due = now;
     this.deadCount++;
-    if (this.retrying.get(item.offset) === item) this.retrying.delete(item.offset);
+    this.retry.remove(item);
     if (!item.inWindow) {
       // Parked: the offset passed it long ago; move it from the retries to the dead letters.
-      this.dead.push({ offset: item.offset, held: this.heldOf(item, now) });
+      const env = this.reload(item);
+      if (env) this.dead.push({ offset: item.offset, held: this.heldOf(item, env, now) });
       if (item.parked) this.unpark.push(item.offset);
-      item.env = null;
+      this.leaveRetry(item, 'dead');
     }
   }
 
-  private heldOf(item: Item, at: number): Held {
-    return { envelope: reencodeEnvelope(item.env!), attempts: item.attempts, status: item.status, error: item.error, first_attempt_at: item.firstAttemptAt, at, replayed_at: item.replayedAt };
+  private heldOf(item: Item, env: Envelope, at: number): Held {
+    return { envelope: reencodeEnvelope(env), attempts: item.attempts, status: item.status, error: item.error, first_attempt_at: item.firstAttemptAt, at, replayed_at: item.replayedAt };
   }
 
-  /** Moves `head` over finished, dead and waiting entries; the latter two are written by the next commit. */
-  private advanceHead(): void {
-    const slots = this.slots;
-    let i = this.slotStart;
-    while (i < slots.length) {
-      const s = slots[i];
-      if (s) {
-        if (s.state === 'inflight' || s.state === 'pending') break;
-        s.inWindow = false;
-        if (s.state === 'waiting') {
-          s.parked = true;
-          this.park.push({ offset: s.offset, held: this.heldOf(s, s.due) });
-          this.parkedInCommit.push(s);
-        } else if (s.state === 'dead') {
-          this.dead.push({ offset: s.offset, held: this.heldOf(s, s.due) });
-          s.env = null;
-        }
-        slots[i] = null;
-      }
-      i++;
+  /** Writes (in the next commit) the retry record of `item`, due at `due`. */
+  private parkRecord(item: Item, due: number): void {
+    const env = this.reload(item);
+    if (env === null) {
+      // Neither in the log nor in a record: nothing left to retry with.
+      this.retry.remove(item);
+      item.state = 'done';
+      this.purged++;
+      if (item.inWindow) this.ledger.move(item.offset, 'window', undefined);
+      else this.leaveRetry(item, 'done');
+      this.d.logger.error({ event: 'retry_missing', target: this.name, offset: item.offset }, `target ${this.name}: the stored request of offset ${item.offset} is gone; counted as purged`);
+      return;
     }
-    this.head += i - this.slotStart;
-    this.slotStart = i;
-    if (this.slotStart > 4096 || this.slotStart === slots.length) {
-      this.slots = slots.slice(this.slotStart);
-      this.slotStart = 0;
-    }
-    if (this.head - 1 - this.committedOffset >= COMMIT_EARLY) this.d.events.commitSoon();
+    item.parked = true;
+    this.park.push({ offset: item.offset, held: this.heldOf(item, env, due) });
   }
+
+  /** Moves the main line's head over finished, dead and waiting entries; the latter two are written by the next commit. */
+  private advance(): void {
+    this.main.advance(this.passed);
+    if (this.main.head - 1 - this.committedOffset >= COMMIT_EARLY) this.d.events.commitSoon();
+  }
+
+  private readonly passed = (s: Item): void => {
+    if (s.state === 'waiting') {
+      // Read from the log before the window releases it: the record holds the envelope.
+      this.parkRecord(s, s.due);
+      if (s.parked) this.ledger.move(s.offset, 'window', 'retry');
+    } else if (s.state === 'dead') {
+      const env = this.reload(s);
+      invariant(env !== null, () => `target ${this.name}: the dead letter at offset ${s.offset} is not in the log`);
+      this.dead.push({ offset: s.offset, held: this.heldOf(s, env, s.due) });
+      this.ledger.move(s.offset, 'window', undefined);
+    } else {
+      this.ledger.move(s.offset, 'window', undefined);
+    }
+  };
+
+  /** accepted = delivered + dead + purged + lag with lag >= 0; committed <= passed < read <= durable + 1. */
+  private check(): void {
+    const lag = this.lag();
+    invariant(lag >= 0, () => `target ${this.name}: lag ${lag} < 0 (accepted ${this.accepted}, delivered ${this.delivered}, dead ${this.deadCount}, purged ${this.purged})`);
+    invariant(this.committedOffset <= this.main.head - 1, () => `target ${this.name}: committed offset ${this.committedOffset} past the head ${this.main.head}`);
+    invariant(this.main.head <= this.main.next && this.main.next <= this.d.log.durableOffset() + 1, () => `target ${this.name}: head ${this.main.head}, next ${this.main.next}, durable ${this.d.log.durableOffset()}`);
+    invariant(this.bytes >= 0 && this.pumper.inFlight >= 0, () => `target ${this.name}: ${this.bytes} bytes held, ${this.pumper.inFlight} in flight`);
+  }
+
+  // --- Commits ------------------------------------------------------------------------------
 
   /** The changes since the last commit, or null when there are none. */
   takeCommit(): PendingCommit | null {
-    const offset = this.head - 1;
+    const offset = this.main.head - 1;
     if (offset === this.committedOffset && this.park.length === 0 && this.unpark.length === 0 && this.dead.length === 0) return null;
     const commit: ConsumerCommit = { target: this.name, offset, park: this.park, unpark: this.unpark, dead: this.dead };
-    const p: PendingCommit = { commit, parked: this.parkedInCommit, gen: this.gen };
+    const p: PendingCommit = { commit, gen: this.gen };
+    this.parkInCommit = this.park;
     this.park = [];
     this.unpark = [];
     this.dead = [];
-    this.parkedInCommit = [];
     return p;
   }
 
   /** The transaction holding `p` is durable. */
   committed(p: PendingCommit): void {
-    if (p.commit.offset !== undefined && p.gen === this.gen) this.committedOffset = Math.min(this.head - 1, Math.max(this.committedOffset, p.commit.offset));
-    // Parked envelopes are on disk now: memory holds only the index of retrying requests.
-    for (const item of p.parked) if (item.state === 'waiting') item.env = null;
+    if (p.commit.offset !== undefined && p.gen === this.gen) this.committedOffset = Math.min(this.main.head - 1, Math.max(this.committedOffset, p.commit.offset));
+    if (this.parkInCommit === p.commit.park) this.parkInCommit = [];
+    this.check();
     this.pump();
   }
 
-  private schedule(at: number): void {
-    if (at === Infinity || this.state !== 'running') return;
-    if (this.timer && this.timerAt <= at) return;
-    if (this.timer) clearTimeout(this.timer);
-    this.timerAt = at;
-    this.timer = setTimeout(
-      () => {
-        this.timer = null;
-        this.timerAt = Infinity;
-        this.pump();
-      },
-      Math.min(TIMER_MAX_MS, Math.max(0, at - this.now())),
-    );
-    this.timer.unref();
-  }
+  // --- Waiting for requests in flight -------------------------------------------------------
 
   private idle(): void {
-    if (this.inFlight > 0) return;
+    if (this.pumper.inFlight > 0) return;
     const w = this.idleWaiters;
     this.idleWaiters = [];
     for (const f of w) f();
@@ -572,9 +530,9 @@ export class Consumer {
 
   /** Resolves true once nothing is in flight, false if that took longer than `timeoutMs`. */
   private waitIdle(timeoutMs: number): Promise<boolean> {
-    if (this.inFlight === 0) return Promise.resolve(true);
+    if (this.pumper.inFlight === 0) return Promise.resolve(true);
     return new Promise((res) => {
-      const t = setTimeout(() => res(this.inFlight === 0), timeoutMs);
+      const t = setTimeout(() => res(this.pumper.inFlight === 0), timeoutMs);
       this.idleWaiters.push(() => {
         clearTimeout(t);
         res(true);
@@ -582,20 +540,18 @@ export class Consumer {
     });
   }
 
+  // --- Operator actions ---------------------------------------------------------------------
+
   /** Lifts a pause now (instead of at the next probe). */
   resume(): boolean {
-    const was = this.paused || this.breaker.state !== 'closed' || this.holdUntil > this.now();
+    const p = this.pumper;
+    const was = this.paused || p.breaker.state !== 'closed' || p.holdUntil > this.now();
     this.paused = false;
-    this.breaker.success();
-    this.holdUntil = 0;
+    p.breaker.success();
+    p.holdUntil = 0;
     // Everything waiting is due now.
     const now = this.now();
-    const items = [...this.retrying.values()].filter((i) => i.state === 'waiting');
-    this.due.clear();
-    for (const i of items) {
-      i.due = Math.min(i.due, now);
-      this.due.push(i);
-    }
+    this.retry.reorder((i) => (i.due = Math.min(i.due, now)));
     this.pump();
     return was;
   }
@@ -608,42 +564,40 @@ export class Consumer {
     if (this.state !== 'running') throw new Error(`target ${this.name} is ${this.state}`);
     const { log } = this.d;
     const first = log.firstOffset();
-    this.advanceHead();
+    this.advance();
     if (from < first) throw new Error(`offset ${from} is no longer in the log (retention removed it); the first offset held is ${first}`);
-    if (from > this.head) throw new Error(`offset ${from} is past target ${this.name}'s position (${this.head}); replay rewinds, it does not skip`);
+    if (from > this.main.head) throw new Error(`offset ${from} is past target ${this.name}'s position (${this.main.head}); replay rewinds, it does not skip`);
     // Retention must not remove entries from `from` on before the new offset is stored.
     const unpin = log.pin(from);
     this.state = 'rewinding';
     try {
       if (!(await this.waitIdle(this.t.timeout + 1000))) throw new Error(`target ${this.name} still has requests in flight after ${this.t.timeout + 1000} ms; try again`);
-      this.advanceHead();
-      const previous = this.head;
+      this.advance();
+      const previous = this.main.head;
       const n = await log.countRoutes(from, previous - 1, this.d.routes);
       if (this.state !== 'rewinding') throw new Error(`target ${this.name} stopped during the rewind`);
       this.gen++;
-      // What the target holds as retrying or dead is not sent again from the log.
-      for (const o of this.skip) if (o < from) this.skip.delete(o);
-      for (const [o, item] of this.retrying) if (item.parked && o >= from && o < previous) this.skip.add(o);
-      for (const o of this.d.log.delivery.deadOffsets(this.name, from, previous - 1)) this.skip.add(o);
-      for (const d of this.dead) if (d.offset >= from && d.offset < previous) this.skip.add(d.offset);
-      const resent = n - this.skippedIn(from, previous - 1);
-      // Entries read but not passed are read again: dead ones not written yet leave the dead count.
-      for (const s of this.slots.slice(this.slotStart)) if (s && s.state === 'dead') this.deadCount--;
-      for (const [o, item] of this.retrying) {
-        if (!item.parked) this.retrying.delete(o);
-        else item.gen = this.gen;
+      // Entries read but not passed are read again: they leave the window (and the retry line);
+      // dead ones not written yet leave the dead count.
+      for (const s of this.main.unpassed()) {
+        if (s.state === 'dead') this.deadCount--;
+        if (s.env !== null) this.release(s);
+        this.ledger.move(s.offset, 'window', undefined);
       }
+      this.retry.dropUnparked();
+      // Dead letters the main line will reach again are not sent from the log.
+      this.ledger.forgetBelow(from);
+      for (const o of log.delivery.deadOffsets(this.name, from, previous - 1)) this.ledger.move(o, [undefined, 'dead'], 'dead');
+      for (const d of this.dead) if (d.offset >= from && d.offset < previous) this.ledger.move(d.offset, [undefined, 'dead'], 'dead');
       // Parked requests (also those whose record the next commit writes) stay in the retry line.
-      this.due.clear();
-      for (const item of this.retrying.values()) this.due.push(item);
+      for (const item of this.retry.values()) item.gen = this.gen;
+      this.retry.reorder();
+      const resent = n - this.ledger.heldOutsideIn(from, previous - 1);
       this.accepted += resent;
-      this.slots = [];
-      this.slotStart = 0;
-      this.queue = [];
-      this.queueStart = 0;
-      this.head = this.next = from;
+      this.main.reset(from);
       this.committedOffset = from - 1;
-      this.park = this.park.filter((p) => this.retrying.has(p.offset));
+      this.park = this.park.filter((p) => this.retry.has(p.offset));
+      this.check();
       await persist(from - 1);
       this.d.logger.info({ event: 'target_rewound', target: this.name, from, previous, resent }, `target ${this.name} rewound to offset ${from} (was at ${previous}): ${resent} requests will be sent again`);
       return { from, previous, resent };
@@ -657,23 +611,26 @@ export class Consumer {
   /** Dead letters moved back into the retry line (by `crowd dlq replay`). */
   replayed(moved: readonly { offset: number; attempts: number; due: number }[]): void {
     for (const m of moved) {
-      this.addParked(m);
+      // Behind the main line (no owner), or ahead of it after a rewind (dead): either way the
+      // retry line sends it now, and the main line skips it when it gets there.
+      this.addParked(m, [undefined, 'dead']);
       this.deadCount--;
     }
+    this.check();
     this.pump();
   }
 
   /** A request with a retry record on disk, waiting for `due` (its envelope is loaded then). */
-  private addParked(r: { offset: number; attempts: number; due: number }): void {
-    const item = this.newItem(r.offset, null, 0);
-    this.skip.delete(r.offset);
+  private addParked(r: { offset: number; attempts: number; due: number }, from: undefined | readonly (undefined | 'dead')[]): void {
+    this.ledger.move(r.offset, from, 'retry');
+    const item = newItem(r.offset, null, 0, this.gen);
     item.attempts = r.attempts;
     item.due = r.due;
     item.state = 'waiting';
     item.inWindow = false;
     item.parked = true;
-    this.retrying.set(r.offset, item);
-    this.due.push(item);
+    item.loaded = false;
+    this.retry.wait(item);
   }
 
   purgedSome(n: number): void {
@@ -685,30 +642,32 @@ export class Consumer {
     return this.accepted - this.delivered - this.deadCount - this.purged;
   }
 
+  // --- Status -------------------------------------------------------------------------------
+
   targetState(): TargetState {
     if (this.state === 'starting') return 'starting';
     if (this.state === 'stopped') return 'stopped';
     if (this.paused) return 'paused';
-    if (this.breaker.state !== 'closed') return 'circuit-open';
-    if (this.holdUntil > this.now() || this.retrying.size > 0) return 'backoff';
+    if (this.pumper.breaker.state !== 'closed') return 'circuit-open';
+    if (this.pumper.holdUntil > this.now() || this.retry.size > 0) return 'backoff';
     return 'ok';
   }
 
   status(): ConsumerStatus {
     const state = this.targetState();
-    const top = this.peekDue();
+    const top = this.retry.peek(this.gen);
     let nextAt: number | null = null;
-    if (state === 'paused' || state === 'circuit-open') nextAt = this.breaker.until;
-    else if (state === 'backoff') nextAt = Math.max(top?.due ?? 0, this.holdUntil) || null;
+    if (state === 'paused' || state === 'circuit-open') nextAt = this.pumper.breaker.until;
+    else if (state === 'backoff') nextAt = Math.max(top?.due ?? 0, this.pumper.holdUntil) || null;
     return {
       name: this.name,
       url: this.t.url,
       state,
-      offset: this.head - 1,
+      offset: this.main.head - 1,
       committed_offset: this.committedOffset,
       lag: this.lag(),
-      in_flight: this.inFlight,
-      retrying: this.retrying.size,
+      in_flight: this.pumper.inFlight,
+      retrying: this.retry.size,
       dead_letters: this.deadCount,
       accepted: this.accepted,
       delivered: this.delivered,
@@ -723,11 +682,10 @@ export class Consumer {
   async stop(graceMs: number): Promise<void> {
     const wasRunning = this.state === 'running' || this.state === 'rewinding';
     this.state = 'stopped';
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
+    this.pumper.stop();
     if (wasRunning) await this.waitIdle(graceMs);
     // Finished entries passed meanwhile go into the last commit.
-    this.advanceHead();
+    this.advance();
   }
 
   async closeSink(): Promise<void> {

@@ -13,7 +13,7 @@ import type { Log } from '../log/log';
 import type { Logger } from '../observability/logger';
 import type { Metrics } from '../observability/metrics';
 import { CrowdError } from '../errors';
-import { Consumer, type ConsumerStatus, type PendingCommit } from './consumer';
+import { Consumer, ReadAheadBudget, type ConsumerStatus, type PendingCommit } from './consumer';
 import { HttpSink } from './sinks/http';
 import type { Sink } from './sinks/sink';
 
@@ -26,6 +26,8 @@ export interface DeliveryDeps {
   readonly log: Log;
   readonly logger: Logger;
   readonly metrics: Metrics;
+  /** Called once when delivery cannot go on (a failed commit, a bug): the node crash-stops. */
+  readonly onFatal: (err: Error) => void;
 }
 
 export class Delivery {
@@ -37,10 +39,13 @@ export class Delivery {
   private chain: Promise<unknown> = Promise.resolve();
   private commitQueued = false;
   private stopped = false;
+  private failed = false;
 
   constructor(deps: DeliveryDeps) {
     this.deps = deps;
     const { config } = deps;
+    // Envelopes held for delivery, over all targets together.
+    const budget = new ReadAheadBudget(config.delivery.max_read_ahead_bytes);
     for (const t of config.targets) {
       const routes = new Set(config.routes.filter((r) => r.targets.includes(t.name)).map((r) => r.name));
       const consumer = new Consumer({
@@ -49,6 +54,7 @@ export class Delivery {
         log: deps.log,
         sink: makeSink(t),
         logger: deps.logger,
+        budget,
         events: {
           attemptSeconds: ((h) => (seconds: number) => h.observe(seconds))(deps.metrics.deliverySecondsOf(t.name)),
           commitSoon: () => this.commitSoon(),
@@ -97,7 +103,21 @@ export class Delivery {
     this.serial(async () => {
       this.commitQueued = false;
       await this.commitNow();
-    }).catch(() => undefined);
+    }).catch((err: Error) => this.fail(err));
+  }
+
+  /**
+   * Delivery cannot go on: a commit failed (the log has failed too, and says so) or a
+   * consumer threw. Logged, then reported once; the node stops and the supervisor restarts
+   * it from what is on disk (at worst some requests are delivered again).
+   */
+  private fail(err: Error): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    this.deps.logger.error({ event: 'delivery_failed', err }, `delivery failed: ${err.message}`);
+    this.deps.onFatal(err);
   }
 
   private async commitNow(): Promise<void> {
@@ -109,7 +129,16 @@ export class Delivery {
     if (pending.length === 0) return;
     // A failed commit fails the log (crash-stop); the node exits.
     await this.deps.log.delivery.commit(pending.map((x) => x.p.commit));
-    for (const { c, p } of pending) c.committed(p);
+    // Every consumer learns that its part is durable, even when another one throws.
+    let failure: Error | null = null;
+    for (const { c, p } of pending) {
+      try {
+        c.committed(p);
+      } catch (err) {
+        failure ??= err instanceof Error ? err : new Error(String(err));
+      }
+    }
+    if (failure) throw failure;
   }
 
   /** Runs `op` after every earlier commit or operator action. */

@@ -1,0 +1,111 @@
+/**
+ * The pump of one target: sends whatever may be sent now, from the retry line (due
+ * retries first) or the main line, within `concurrency`, `rate`, the circuit breaker and
+ * an upstream's Retry-After; sets a timer for the next moment something may be sent.
+ */
+import { Breaker, TokenBucket } from './flow';
+import type { Item } from './item';
+
+/** setTimeout's largest delay; a longer wait wakes up early and sleeps again. */
+const TIMER_MAX_MS = 2 ** 31 - 1;
+
+/** What the pump takes requests from. */
+export interface PumpLines {
+  /** The retry due first (or null). */
+  peekRetry(): Item | null;
+  /** The main line's next entry (or null); not asked while `ordered` retries wait. */
+  peekMain(): Item | null;
+  /** True when strict order holds the main line back (a retry is waiting). */
+  mainHeld(): boolean;
+  /** True when the item's envelope may be held now (it is, or the bytes allow reading it). */
+  canHold(item: Item): boolean;
+  /** Takes `item` off its line and sends it. */
+  send(item: Item, fromRetry: boolean, now: number): void;
+}
+
+export class Pump {
+  inFlight = 0;
+  /** The upstream asked (Retry-After) not to be called before this time. */
+  holdUntil = 0;
+  readonly breaker = new Breaker();
+  private readonly bucket: TokenBucket;
+  private timer: NodeJS.Timeout | null = null;
+  private timerAt = Infinity;
+
+  constructor(
+    private readonly concurrency: number,
+    rate: number,
+    private readonly now: () => number,
+    /** Called when the timer fires. */
+    private readonly wake: () => void,
+  ) {
+    this.bucket = new TokenBucket(rate, now());
+  }
+
+  run(lines: PumpLines): void {
+    let wakeAt = Infinity;
+    while (this.inFlight < this.concurrency) {
+      const now = this.now();
+      if (now < this.holdUntil) {
+        wakeAt = this.holdUntil;
+        break;
+      }
+      let item: Item | null = null;
+      let fromRetry = false;
+      const top = lines.peekRetry();
+      if (top && top.due <= now) {
+        item = top;
+        fromRetry = true;
+      } else {
+        if (top) wakeAt = Math.min(wakeAt, top.due);
+        if (lines.mainHeld()) break;
+        item = lines.peekMain();
+      }
+      if (item === null) break;
+      // Bytes first: a request that cannot be held now waits for one in flight to finish.
+      if (!lines.canHold(item)) break;
+      if (!this.breakerLets(now)) {
+        // While the probe is out its answer wakes the consumer; else the breaker's time does.
+        if (!this.breaker.probing) wakeAt = Math.min(wakeAt, this.breaker.until);
+        break;
+      }
+      const wait = this.bucket.take(now);
+      if (wait > 0) {
+        wakeAt = Math.min(wakeAt, now + wait);
+        break;
+      }
+      this.breaker.allow(now);
+      lines.send(item, fromRetry, now);
+    }
+    this.schedule(wakeAt);
+  }
+
+  /** True when the breaker lets a request through now (without taking the probe). */
+  private breakerLets(now: number): boolean {
+    const b = this.breaker;
+    if (b.state === 'closed') return true;
+    return !b.probing && now >= b.until;
+  }
+
+  private schedule(at: number): void {
+    if (at === Infinity) return;
+    if (this.timer && this.timerAt <= at) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(
+      () => {
+        this.timer = null;
+        this.timerAt = Infinity;
+        this.wake();
+      },
+      Math.min(TIMER_MAX_MS, Math.max(0, at - this.now())),
+    );
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.timerAt = Infinity;
+  }
+}
