@@ -21,6 +21,9 @@ const DROPPED_HEADERS = new Set(['connection', 'keep-alive', 'te', 'trailer', 't
 
 const EMPTY = Buffer.alloc(0);
 
+/** First buffer of a body that arrives in several chunks; it doubles as chunks arrive. */
+const INITIAL_BODY_BUFFER = 1024;
+
 const REFUSAL_TEXT: Record<Refusal, string> = {
   pending_writes: 'too many requests waiting for the disk; retry later',
   max_bytes: 'the log is over log.max_bytes; retry later',
@@ -128,7 +131,8 @@ export class IngestServer {
     }
     const max = config.server.max_body_bytes;
     const declared = req.getHeader('content-length');
-    if (declared !== '' && Number(declared) > max) {
+    const declaredBytes = declared === '' ? 0 : Number(declared);
+    if (declaredBytes > max) {
       this.reply(res, 413, errorBody(`body of ${declared} bytes is larger than server.max_body_bytes (${max})`), route.name, undefined, true);
       return;
     }
@@ -141,7 +145,7 @@ export class IngestServer {
     const query = req.getQuery() ?? '';
     const remote = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
     const state = new Stored(this, res, route.name);
-    this.receive(res, state, route.name, true, (body) => this.store(res, state, route, method, url, query, headers, remote, body));
+    this.receive(res, state, route.name, true, declaredBytes, (body) => this.store(res, state, route, method, url, query, headers, remote, body));
   }
 
   /**
@@ -150,19 +154,21 @@ export class IngestServer {
    * the body, or with an empty buffer when `keep` is false (read and discarded, so that a
    * keep-alive connection survives a 404).
    */
-  private receive(res: HttpResponse, state: Pending, route: string, keep: boolean, done: (body: Buffer) => void): void {
+  private receive(res: HttpResponse, state: Pending, route: string, keep: boolean, declared: number, done: (body: Buffer) => void): void {
     const max = this.deps.config.server.max_body_bytes;
+    // Growth stops at the declared length or max_body_bytes: the buffer ends at the body's size.
+    const limit = declared > 0 && declared < max ? declared : max;
     this.open++;
     res.onAborted(() => {
       state.aborted = true;
       if (!state.answered) this.open--;
     });
-    const chunks: Buffer[] = [];
+    let buf: Buffer | null = null;
     let size = 0;
     res.onData((chunk, isLast) => {
       if (state.answered) return;
-      size += chunk.byteLength;
-      if (size > max) {
+      const n = chunk.byteLength;
+      if (size + n > max) {
         this.finish(state);
         this.reply(res, 413, errorBody(`body is larger than server.max_body_bytes (${max})`), route, undefined, true);
         return;
@@ -171,13 +177,24 @@ export class IngestServer {
         if (isLast) done(EMPTY);
         return;
       }
-      if (!isLast) {
-        chunks.push(Buffer.from(new Uint8Array(chunk)));
-        return;
+      if (buf === null) {
+        // A body in one chunk is used in place: the envelope is encoded before this callback returns.
+        if (isLast) {
+          done(Buffer.from(chunk));
+          return;
+        }
+        buf = Buffer.allocUnsafeSlow(Math.max(n, Math.min(limit, Math.max(INITIAL_BODY_BUFFER, 2 * n))));
+      } else if (size + n > buf.length) {
+        // Doubling: copying stays linear in the body size, and the buffer at most twice it.
+        const grown = Buffer.allocUnsafeSlow(Math.max(size + n, Math.min(limit, 2 * buf.length)));
+        buf.copy(grown, 0, 0, size);
+        buf = grown;
       }
-      // The last chunk is used in place: the envelope is encoded before this callback returns.
-      const last = Buffer.from(chunk);
-      done(chunks.length === 0 ? last : Buffer.concat([...chunks, last], size));
+      // One copy per chunk (its ArrayBuffer is neutered when this callback returns), into
+      // one growing buffer: a body sent in 1-byte chunks costs its size, not a Buffer per byte.
+      buf.set(new Uint8Array(chunk), size);
+      size += n;
+      if (isLast) done(buf.subarray(0, size));
     });
   }
 
@@ -220,7 +237,7 @@ export class IngestServer {
   /** Reads and discards the body, then answers. */
   private drainThen(res: HttpResponse, route: string, answer: () => void): void {
     const state: Pending = { aborted: false, answered: false };
-    this.receive(res, state, route, false, () => {
+    this.receive(res, state, route, false, 0, () => {
       this.finish(state);
       answer();
     });
