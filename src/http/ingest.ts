@@ -21,6 +21,10 @@ const DROPPED_HEADERS = new Set(['connection', 'keep-alive', 'te', 'trailer', 't
 
 const EMPTY = Buffer.alloc(0);
 
+/** Bodies up to this size may use all of server.max_receiving_bytes; larger ones only LARGE_SHARE of it. */
+const SMALL_BODY_BYTES = 64 * 1024;
+const LARGE_SHARE = 0.75;
+
 /** First buffer of a body that arrives in several chunks; it doubles as chunks arrive. */
 const INITIAL_BODY_BUFFER = 1024;
 
@@ -73,6 +77,10 @@ export class IngestServer {
   private draining = false;
   /** Requests whose handler ran and that are not answered or aborted yet. */
   private open = 0;
+  /** Bytes reserved by bodies being received (server.max_receiving_bytes). */
+  private receiving = 0;
+  private readonly maxReceiving: number;
+  private readonly maxReceivingLarge: number;
   port = 0;
 
   constructor(deps: IngestDeps) {
@@ -81,6 +89,8 @@ export class IngestServer {
     this.ackLine = STATUS_LINE[deps.config.server.ack_status]!;
     this.retryAfter = String(Math.ceil(deps.config.server.retry_after / 1000));
     this.acked = new Map(deps.config.routes.map((r) => [r.name, deps.metrics.ingestCounter(r.name, deps.config.server.ack_status)]));
+    this.maxReceiving = deps.config.server.max_receiving_bytes;
+    this.maxReceivingLarge = Math.max(Math.floor(this.maxReceiving * LARGE_SHARE), deps.config.server.max_body_bytes);
     this.app = deps.uws.App();
     this.app.any('/*', (res, req) => this.handle(res, req.getCaseSensitiveMethod(), req.getUrl(), req));
   }
@@ -136,6 +146,10 @@ export class IngestServer {
       this.reply(res, 413, errorBody(`body of ${declared} bytes is larger than server.max_body_bytes (${max})`), route.name, undefined, true);
       return;
     }
+    if (declaredBytes > 0 && !this.reserve(declaredBytes, declaredBytes)) {
+      this.refuseReceiving(res, route.name);
+      return;
+    }
     const headers: string[] = [];
     const dropAuth = route.token !== undefined;
     req.forEach((k, v) => {
@@ -152,15 +166,23 @@ export class IngestServer {
    * Counts the request as open until it is answered or aborted, reads its body up to
    * server.max_body_bytes (past it: 413 and the connection closes), then calls `done` with
    * the body, or with an empty buffer when `keep` is false (read and discarded, so that a
-   * keep-alive connection survives a 404).
+   * keep-alive connection survives a 404). A kept body holds `declared` bytes of
+   * server.max_receiving_bytes (reserved by the caller) or, without a declared length, what
+   * its buffer holds; the reservation ends when the body is complete, answered or aborted.
    */
   private receive(res: HttpResponse, state: Pending, route: string, keep: boolean, declared: number, done: (body: Buffer) => void): void {
     const max = this.deps.config.server.max_body_bytes;
     // Growth stops at the declared length or max_body_bytes: the buffer ends at the body's size.
     const limit = declared > 0 && declared < max ? declared : max;
+    let reserved = keep ? declared : 0;
+    const release = () => {
+      this.receiving -= reserved;
+      reserved = 0;
+    };
     this.open++;
     res.onAborted(() => {
       state.aborted = true;
+      release();
       if (!state.answered) this.open--;
     });
     let buf: Buffer | null = null;
@@ -169,6 +191,7 @@ export class IngestServer {
       if (state.answered) return;
       const n = chunk.byteLength;
       if (size + n > max) {
+        release();
         this.finish(state);
         this.reply(res, 413, errorBody(`body is larger than server.max_body_bytes (${max})`), route, undefined, true);
         return;
@@ -177,25 +200,59 @@ export class IngestServer {
         if (isLast) done(EMPTY);
         return;
       }
+      let capacity = 0;
       if (buf === null) {
         // A body in one chunk is used in place: the envelope is encoded before this callback returns.
         if (isLast) {
+          release();
           done(Buffer.from(chunk));
           return;
         }
-        buf = Buffer.allocUnsafeSlow(Math.max(n, Math.min(limit, Math.max(INITIAL_BODY_BUFFER, 2 * n))));
+        capacity = Math.max(n, Math.min(limit, Math.max(INITIAL_BODY_BUFFER, 2 * n)));
       } else if (size + n > buf.length) {
         // Doubling: copying stays linear in the body size, and the buffer at most twice it.
-        const grown = Buffer.allocUnsafeSlow(Math.max(size + n, Math.min(limit, 2 * buf.length)));
-        buf.copy(grown, 0, 0, size);
+        capacity = Math.max(size + n, Math.min(limit, 2 * buf.length));
+      }
+      if (capacity > 0) {
+        // Without a declared length the buffer itself is what is reserved.
+        if (capacity > reserved) {
+          if (!this.reserve(capacity - reserved, capacity)) {
+            release();
+            this.finish(state);
+            this.refuseReceiving(res, route);
+            return;
+          }
+          reserved = capacity;
+        }
+        const grown = Buffer.allocUnsafeSlow(capacity);
+        if (buf !== null) buf.copy(grown, 0, 0, size);
         buf = grown;
       }
       // One copy per chunk (its ArrayBuffer is neutered when this callback returns), into
       // one growing buffer: a body sent in 1-byte chunks costs its size, not a Buffer per byte.
-      buf.set(new Uint8Array(chunk), size);
+      buf!.set(new Uint8Array(chunk), size);
       size += n;
-      if (isLast) done(buf.subarray(0, size));
+      if (isLast) {
+        // From here the body is the log's (log.max_pending_bytes), not a body being received.
+        release();
+        done(buf!.subarray(0, size));
+      }
     });
+  }
+
+  /**
+   * Takes `bytes` of server.max_receiving_bytes for a body that will hold `total` bytes, or
+   * says no: bodies over SMALL_BODY_BYTES may use only LARGE_SHARE of it.
+   */
+  private reserve(bytes: number, total: number): boolean {
+    const cap = total > SMALL_BODY_BYTES ? this.maxReceivingLarge : this.maxReceiving;
+    if (this.receiving + bytes > cap) return false;
+    this.receiving += bytes;
+    return true;
+  }
+
+  private refuseReceiving(res: HttpResponse, route: string): void {
+    this.reply(res, 503, errorBody(`too many request bytes are being received (server.max_receiving_bytes is ${this.maxReceiving}); retry later`), route, ['Retry-After', this.retryAfter], true);
   }
 
   private store(res: HttpResponse, state: Stored, route: RouteConfig, method: string, path: string, query: string, headers: string[], remote: string, body: Buffer): void {
