@@ -40,15 +40,24 @@ interface Pending {
   answered: boolean;
 }
 
-/** One stored request waiting for its flush; answers the client when the log says so. */
+/**
+ * One request to store: complete, waiting for the end of the event-loop turn, then for its
+ * flush; answers the client when the log says so.
+ */
 class Stored implements Pending, AppendWaiter {
   aborted = false;
   answered = false;
   id = '';
+  body: Buffer = EMPTY;
   constructor(
     private readonly server: IngestServer,
-    private readonly res: HttpResponse,
+    readonly res: HttpResponse,
     readonly route: string,
+    readonly method: string,
+    readonly path: string,
+    readonly query: string,
+    readonly headers: string[],
+    readonly remote: string,
   ) {}
 
   appended(err: Error | null): void {
@@ -77,6 +86,8 @@ export class IngestServer {
   private draining = false;
   /** Requests whose handler ran and that are not answered or aborted yet. */
   private open = 0;
+  /** Complete requests of this event-loop turn, stored when it ends (see complete()). */
+  private ready: Stored[] = [];
   /** Bytes reserved by bodies being received (server.max_receiving_bytes). */
   private receiving = 0;
   private readonly maxReceiving: number;
@@ -158,8 +169,11 @@ export class IngestServer {
     });
     const query = req.getQuery() ?? '';
     const remote = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
-    const state = new Stored(this, res, route.name);
-    this.receive(res, state, route.name, true, declaredBytes, (body) => this.store(res, state, route, method, url, query, headers, remote, body));
+    const state = new Stored(this, res, route.name, method, url, query, headers, remote);
+    this.receive(res, state, route.name, true, declaredBytes, (body) => {
+      state.body = body;
+      this.complete(state);
+    });
   }
 
   /**
@@ -202,10 +216,10 @@ export class IngestServer {
       }
       let capacity = 0;
       if (buf === null) {
-        // A body in one chunk is used in place: the envelope is encoded before this callback returns.
+        // A body in one chunk: one copy (stored at the end of the turn, see complete()).
         if (isLast) {
           release();
-          done(Buffer.from(chunk));
+          done(Buffer.from(new Uint8Array(chunk)));
           return;
         }
         capacity = Math.max(n, Math.min(limit, Math.max(INITIAL_BODY_BUFFER, 2 * n)));
@@ -255,17 +269,37 @@ export class IngestServer {
     this.reply(res, 503, errorBody(`too many request bytes are being received (server.max_receiving_bytes is ${this.maxReceiving}); retry later`), route, ['Retry-After', this.retryAfter], true);
   }
 
-  private store(res: HttpResponse, state: Stored, route: RouteConfig, method: string, path: string, query: string, headers: string[], remote: string, body: Buffer): void {
+  /**
+   * A complete request is stored at the end of the event-loop turn, not at once: uWS parses
+   * everything a connection sent in one go, and a pipelined request (one sent before the
+   * previous one was answered) makes it close the connection, aborting the previous one too.
+   * Held back to the end of the turn, such requests are dropped unstored (the client saw the
+   * connection close without an answer) instead of stored without an acknowledgement.
+   */
+  private complete(state: Stored): void {
+    this.ready.push(state);
+    if (this.ready.length === 1) setImmediate(this.storeReady);
+  }
+
+  private readonly storeReady = (): void => {
+    const ready = this.ready;
+    this.ready = [];
+    for (const state of ready) if (!state.aborted) this.store(state);
+  };
+
+  private store(state: Stored): void {
     const refusal = this.draining ? 'closed' : this.deps.log.refusal();
     if (refusal !== null) {
       this.finish(state);
-      this.reply(res, 503, errorBody(REFUSAL_TEXT[refusal]), route.name, ['Retry-After', this.retryAfter], this.draining);
+      this.reply(state.res, 503, errorBody(REFUSAL_TEXT[refusal]), state.route, ['Retry-After', this.retryAfter], this.draining);
       return;
     }
     const receivedAt = Date.now();
     const id = newId(receivedAt);
     state.id = id;
-    this.deps.log.append({ id, received_at: receivedAt, route: route.name, method, path, query, headerList: headers, remote, body }, state);
+    const body = state.body;
+    state.body = EMPTY;
+    this.deps.log.append({ id, received_at: receivedAt, route: state.route, method: state.method, path: state.path, query: state.query, headerList: state.headers, remote: state.remote, body }, state);
   }
 
   /** Answers a stored request once its transaction is flushed (or failed). */
