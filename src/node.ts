@@ -157,6 +157,11 @@ export class CrowdNode {
     }
     const open = this.ingest?.openRequests() ?? 0;
     if (open > 0) logger.warn({ event: 'stop_timeout', open_requests: open }, `${open} requests still open after ${SHUTDOWN_GRACE_MS} ms; their connections close`);
+    // Open (keep-alive) connections keep getting 503 + Connection: close until they close, within
+    // the same grace: exiting under a request in flight would reset its connection.
+    while (Date.now() < deadline && (this.ingest?.openConnections() ?? 0) > 0) {
+      await new Promise((r) => setTimeout(r, 25));
+    }
     // Let the last acknowledgements leave the socket buffers before the process exits.
     await new Promise((r) => setImmediate(r));
     // Requests in flight to upstreams get a few seconds; what does not finish is sent again after the restart.

@@ -14,6 +14,7 @@ import type { Metrics } from '../observability/metrics';
 import { bearerMatches } from './auth';
 import { Router } from './routes';
 import { STATUS_LINE, errorBody, okBody } from './responses';
+import { connectionsOnPort } from './fds';
 import { listen, type HttpResponse, type TemplatedApp, type Uws, type us_listen_socket } from './uws';
 
 /** Headers not stored: hop-by-hop ones, framing that the stored body makes moot, and `expect`. */
@@ -125,6 +126,15 @@ export class IngestServer {
 
   openRequests(): number {
     return this.open;
+  }
+
+  /**
+   * Client connections still open. While stopping, each gets 503 + Connection: close on its
+   * next request; the owner waits (bounded) for them to close before the process exits, since
+   * an exit closes them under requests in flight (which the clients see as a reset).
+   */
+  openConnections(): number {
+    return this.port > 0 ? connectionsOnPort(this.port) : 0;
   }
 
   private handle(res: HttpResponse, method: string, url: string, req: { getHeader(k: string): string; getQuery(): string; forEach(cb: (k: string, v: string) => void): void }): void {
