@@ -1,7 +1,6 @@
 /**
- * File descriptors and sockets of this process, from /proc (Linux). Used to stop accepting
- * before the descriptor limit (where uSockets would spin on accept4 failing with EMFILE) and
- * to tell when every ingest connection is closed at shutdown.
+ * File descriptor limits and sockets of this process, from /proc (Linux): the limit crowd
+ * warns about at start, and the ingest connections still open at shutdown.
  */
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 
@@ -14,28 +13,6 @@ export function openFilesLimit(): { soft: number; hard: number } | null {
     return { soft: n(m[1]!), hard: n(m[2]!) };
   } catch {
     return null;
-  }
-}
-
-/**
- * Size of this process's descriptor table (FDSize in /proc/self/status): an upper bound of
- * the open descriptors that costs one small read, where counting them costs one entry each.
- */
-export function fdTableSize(): number {
-  try {
-    const m = /^FDSize:\s+(\d+)/m.exec(readFileSync('/proc/self/status', 'utf8'));
-    return m ? Number(m[1]) : Infinity;
-  } catch {
-    return Infinity;
-  }
-}
-
-/** Open descriptors of this process. */
-export function openFds(): number {
-  try {
-    return readdirSync('/proc/self/fd').length;
-  } catch {
-    return 0;
   }
 }
 

@@ -14,7 +14,8 @@ import type { Metrics } from '../observability/metrics';
 import { bearerMatches } from './auth';
 import { Router } from './routes';
 import { STATUS_LINE, errorBody, okBody } from './responses';
-import { connectionsOnPort } from './fds';
+import { createLogger, type Logger } from '../observability/logger';
+import { connectionsOnPort, openFilesLimit } from './fds';
 import { listen, type HttpResponse, type TemplatedApp, type Uws, type us_listen_socket } from './uws';
 
 /** Headers not stored: hop-by-hop ones, framing that the stored body makes moot, and `expect`. */
@@ -73,7 +74,13 @@ export interface IngestDeps {
   readonly metrics: Metrics;
   /** Called once per acknowledged (flushed) request with its route, even if the client left. */
   readonly accepted?: (route: string) => void;
+  /** Where warnings about the descriptor limit go; default: a logger of its own on stdout. */
+  readonly logger?: Logger;
 }
+
+/** Below this many open files crowd warns at start: each client connection takes one. */
+const LOW_FD_LIMIT = 4096;
+
 
 export class IngestServer {
   private readonly deps: IngestDeps;
@@ -112,7 +119,30 @@ export class IngestServer {
     const l = await listen(this.deps.uws, this.app, host, port);
     this.listenSocket = l.socket;
     this.port = l.port;
+    this.warnLowFdLimit();
     return l.port;
+  }
+
+  private get logger(): Logger {
+    const logger = this.deps.logger ?? createLogger(this.deps.config.node_id);
+    Object.defineProperty(this, 'logger', { value: logger });
+    return logger;
+  }
+
+  /**
+   * Warns when the limit on open files is low: each connection takes a descriptor, and at the
+   * limit uSockets (this uWebSockets.js build) retries accept4, which fails with EMFILE, in a
+   * busy loop. Node.js already raised the soft limit to the hard one at start. Closing the
+   * listen socket near the limit stops that loop, but this build cannot listen on the port
+   * again while connections accepted before are open (no SO_REUSEADDR), so crowd does not.
+   */
+  private warnLowFdLimit(): void {
+    const limits = openFilesLimit();
+    if (limits === null || limits.soft >= LOW_FD_LIMIT) return;
+    this.logger.warn(
+      { event: 'low_fd_limit', open_files_soft: limits.soft, open_files_hard: limits.hard },
+      `the limit on open files is ${limits.soft} (hard limit ${limits.hard}); each connection takes one and at the limit crowd spins on accept. Raise it (LimitNOFILE= in the systemd unit, ulimit -Hn) to at least ${LOW_FD_LIMIT}`,
+    );
   }
 
   /** Stops accepting: the listen socket closes, requests on open connections get 503 and close. */
