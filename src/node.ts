@@ -98,11 +98,11 @@ export class CrowdNode {
       this.metrics.appendSeconds.observeMany(seconds, count);
     });
     log.onFatal((err) => this.fatal(err));
-    const delivery = new Delivery({ config, log, logger, metrics: this.metrics, onFatal: (err) => this.fatal(err) });
+    const delivery = new Delivery({ config, log, logger, metrics: this.metrics, onFatal: (err) => this.fatal(err, 'delivery_failed') });
     this.delivery = delivery;
     // Before ingest starts: every acknowledgement after this point is counted per target.
     await delivery.start();
-    const ingest = new IngestServer({ uws: loadNativeUws(), config, log, metrics: this.metrics, accepted: (route) => delivery.accepted(route) });
+    const ingest = new IngestServer({ uws: loadNativeUws(), config, log, metrics: this.metrics, logger, accepted: (route) => delivery.accepted(route) });
     this.ingest = ingest;
     const port = await ingest.start();
     this.housekeeping = setInterval(() => this.houseKeep(), Math.min(HOUSEKEEPING_INTERVAL_MS, Math.max(1000, config.log.retention)));
@@ -142,11 +142,12 @@ export class CrowdNode {
     }
   }
 
-  private fatal(err: Error): void {
+  /** A storage failure (`log_failed`) or a broken delivery invariant (`delivery_failed`): crash-stop. */
+  private fatal(err: Error, event: 'log_failed' | 'delivery_failed' = 'log_failed'): void {
     if (this.state === 'failed') return;
     this.state = 'failed';
     this.ingest?.stopAccepting();
-    this.opts.logger.fatal({ event: 'log_failed', err }, `${err.message}: stopping; acknowledged requests are safe, unacknowledged ones got 503`);
+    this.opts.logger.fatal({ event, err }, `${err.message}: stopping; acknowledged requests are safe, unacknowledged ones got 503`);
     this.opts.onFatal(err);
   }
 
@@ -165,6 +166,11 @@ export class CrowdNode {
     }
     const open = this.ingest?.openRequests() ?? 0;
     if (open > 0) logger.warn({ event: 'stop_timeout', open_requests: open }, `${open} requests still open after ${SHUTDOWN_GRACE_MS} ms; their connections close`);
+    // Open (keep-alive) connections keep getting 503 + Connection: close until they close, within
+    // the same grace: exiting under a request in flight would reset its connection.
+    while (Date.now() < deadline && (this.ingest?.openConnections() ?? 0) > 0) {
+      await new Promise((r) => setTimeout(r, 25));
+    }
     // Let the last acknowledgements leave the socket buffers before the process exits.
     await new Promise((r) => setImmediate(r));
     // Requests in flight to upstreams get a few seconds; what does not finish is sent again after the restart.

@@ -233,6 +233,9 @@ function crossCheck(c: Config, problems: ConfigProblem[]): void {
     // break the promise the key makes: refused until replication exists.
     problems.push({ where: 'cluster.ack', problem: '"quorum" is not supported by this version (no replication yet); use "local"' });
   }
+  if (c.server.max_receiving_bytes < c.server.max_body_bytes) {
+    problems.push({ where: 'server.max_receiving_bytes', problem: `must be at least server.max_body_bytes (${c.server.max_body_bytes})` });
+  }
   if (c.server.port !== 0 && c.server.port === c.admin.port && c.server.host === c.admin.host) {
     problems.push({ where: 'admin.port', problem: `${c.admin.port} is also server.port` });
   }

@@ -52,6 +52,13 @@ export const SCHEMA: Record<string, Spec> = {
         min_bytes: 1,
         max_bytes: LIMITS.max_body_bytes_max,
       },
+      max_receiving_bytes: {
+        kind: 'size',
+        doc: 'Bytes of request bodies being received, all connections together (a declared Content-Length is reserved when the headers arrive, a chunked body as it grows); past it new requests get 503 + Retry-After and the connection is closed. Bodies over 64 KiB may fill only three quarters of it, so small requests still get through. At least server.max_body_bytes.',
+        default: '64MiB',
+        min_bytes: 64 * 1024,
+        max_bytes: 64 * 1024 ** 3,
+      },
       ack_status: { kind: 'enum', doc: 'Status of a stored-and-flushed answer.', default: 200, values: [200, 201, 202] },
       retry_after: {
         kind: 'duration',
@@ -216,6 +223,7 @@ export interface Config {
     readonly host: string;
     readonly port: number;
     readonly max_body_bytes: number;
+    readonly max_receiving_bytes: number;
     readonly ack_status: 200 | 201 | 202;
     readonly retry_after: number;
   };

@@ -14,12 +14,21 @@ import type { Metrics } from '../observability/metrics';
 import { bearerMatches } from './auth';
 import { Router } from './routes';
 import { STATUS_LINE, errorBody, okBody } from './responses';
+import { createLogger, type Logger } from '../observability/logger';
+import { connectionsOnPort, openFilesLimit } from './fds';
 import { listen, type HttpResponse, type TemplatedApp, type Uws, type us_listen_socket } from './uws';
 
 /** Headers not stored: hop-by-hop ones, framing that the stored body makes moot, and `expect`. */
 const DROPPED_HEADERS = new Set(['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length', 'expect']);
 
 const EMPTY = Buffer.alloc(0);
+
+/** Bodies up to this size may use all of server.max_receiving_bytes; larger ones only LARGE_SHARE of it. */
+const SMALL_BODY_BYTES = 64 * 1024;
+const LARGE_SHARE = 0.75;
+
+/** First buffer of a body that arrives in several chunks; it doubles as chunks arrive. */
+const INITIAL_BODY_BUFFER = 1024;
 
 const REFUSAL_TEXT: Record<Refusal, string> = {
   pending_writes: 'too many requests waiting for the disk; retry later',
@@ -33,15 +42,24 @@ interface Pending {
   answered: boolean;
 }
 
-/** One stored request waiting for its flush; answers the client when the log says so. */
+/**
+ * One request to store: complete, waiting for the end of the event-loop turn, then for its
+ * flush; answers the client when the log says so.
+ */
 class Stored implements Pending, AppendWaiter {
   aborted = false;
   answered = false;
   id = '';
+  body: Buffer = EMPTY;
   constructor(
     private readonly server: IngestServer,
-    private readonly res: HttpResponse,
+    readonly res: HttpResponse,
     readonly route: string,
+    readonly method: string,
+    readonly path: string,
+    readonly query: string,
+    readonly headers: string[],
+    readonly remote: string,
   ) {}
 
   appended(err: Error | null): void {
@@ -56,7 +74,13 @@ export interface IngestDeps {
   readonly metrics: Metrics;
   /** Called once per acknowledged (flushed) request with its route, even if the client left. */
   readonly accepted?: (route: string) => void;
+  /** Where warnings about the descriptor limit go; default: a logger of its own on stdout. */
+  readonly logger?: Logger;
 }
+
+/** Below this many open files crowd warns at start: each client connection takes one. */
+const LOW_FD_LIMIT = 4096;
+
 
 export class IngestServer {
   private readonly deps: IngestDeps;
@@ -70,6 +94,12 @@ export class IngestServer {
   private draining = false;
   /** Requests whose handler ran and that are not answered or aborted yet. */
   private open = 0;
+  /** Complete requests of this event-loop turn, stored when it ends (see complete()). */
+  private ready: Stored[] = [];
+  /** Bytes reserved by bodies being received (server.max_receiving_bytes). */
+  private receiving = 0;
+  private readonly maxReceiving: number;
+  private readonly maxReceivingLarge: number;
   port = 0;
 
   constructor(deps: IngestDeps) {
@@ -78,6 +108,8 @@ export class IngestServer {
     this.ackLine = STATUS_LINE[deps.config.server.ack_status]!;
     this.retryAfter = String(Math.ceil(deps.config.server.retry_after / 1000));
     this.acked = new Map(deps.config.routes.map((r) => [r.name, deps.metrics.ingestCounter(r.name, deps.config.server.ack_status)]));
+    this.maxReceiving = deps.config.server.max_receiving_bytes;
+    this.maxReceivingLarge = Math.max(Math.floor(this.maxReceiving * LARGE_SHARE), deps.config.server.max_body_bytes);
     this.app = deps.uws.App();
     this.app.any('/*', (res, req) => this.handle(res, req.getCaseSensitiveMethod(), req.getUrl(), req));
   }
@@ -87,7 +119,30 @@ export class IngestServer {
     const l = await listen(this.deps.uws, this.app, host, port);
     this.listenSocket = l.socket;
     this.port = l.port;
+    this.warnLowFdLimit();
     return l.port;
+  }
+
+  private get logger(): Logger {
+    const logger = this.deps.logger ?? createLogger(this.deps.config.node_id);
+    Object.defineProperty(this, 'logger', { value: logger });
+    return logger;
+  }
+
+  /**
+   * Warns when the limit on open files is low: each connection takes a descriptor, and at the
+   * limit uSockets (this uWebSockets.js build) retries accept4, which fails with EMFILE, in a
+   * busy loop. Node.js already raised the soft limit to the hard one at start. Closing the
+   * listen socket near the limit stops that loop, but this build cannot listen on the port
+   * again while connections accepted before are open (no SO_REUSEADDR), so crowd does not.
+   */
+  private warnLowFdLimit(): void {
+    const limits = openFilesLimit();
+    if (limits === null || limits.soft >= LOW_FD_LIMIT) return;
+    this.logger.warn(
+      { event: 'low_fd_limit', open_files_soft: limits.soft, open_files_hard: limits.hard },
+      `the limit on open files is ${limits.soft} (hard limit ${limits.hard}); each connection takes one and at the limit crowd spins on accept. Raise it (LimitNOFILE= in the systemd unit, ulimit -Hn) to at least ${LOW_FD_LIMIT}`,
+    );
   }
 
   /** Stops accepting: the listen socket closes, requests on open connections get 503 and close. */
@@ -101,6 +156,15 @@ export class IngestServer {
 
   openRequests(): number {
     return this.open;
+  }
+
+  /**
+   * Client connections still open. While stopping, each gets 503 + Connection: close on its
+   * next request; the owner waits (bounded) for them to close before the process exits, since
+   * an exit closes them under requests in flight (which the clients see as a reset).
+   */
+  openConnections(): number {
+    return this.port > 0 ? connectionsOnPort(this.port) : 0;
   }
 
   private handle(res: HttpResponse, method: string, url: string, req: { getHeader(k: string): string; getQuery(): string; forEach(cb: (k: string, v: string) => void): void }): void {
@@ -128,8 +192,13 @@ export class IngestServer {
     }
     const max = config.server.max_body_bytes;
     const declared = req.getHeader('content-length');
-    if (declared !== '' && Number(declared) > max) {
+    const declaredBytes = declared === '' ? 0 : Number(declared);
+    if (declaredBytes > max) {
       this.reply(res, 413, errorBody(`body of ${declared} bytes is larger than server.max_body_bytes (${max})`), route.name, undefined, true);
+      return;
+    }
+    if (declaredBytes > 0 && !this.reserve(declaredBytes, declaredBytes)) {
+      this.refuseReceiving(res, route.name);
       return;
     }
     const headers: string[] = [];
@@ -140,29 +209,43 @@ export class IngestServer {
     });
     const query = req.getQuery() ?? '';
     const remote = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
-    const state = new Stored(this, res, route.name);
-    this.receive(res, state, route.name, true, (body) => this.store(res, state, route, method, url, query, headers, remote, body));
+    const state = new Stored(this, res, route.name, method, url, query, headers, remote);
+    this.receive(res, state, route.name, true, declaredBytes, (body) => {
+      state.body = body;
+      this.complete(state);
+    });
   }
 
   /**
    * Counts the request as open until it is answered or aborted, reads its body up to
    * server.max_body_bytes (past it: 413 and the connection closes), then calls `done` with
    * the body, or with an empty buffer when `keep` is false (read and discarded, so that a
-   * keep-alive connection survives a 404).
+   * keep-alive connection survives a 404). A kept body holds `declared` bytes of
+   * server.max_receiving_bytes (reserved by the caller) or, without a declared length, what
+   * its buffer holds; the reservation ends when the body is complete, answered or aborted.
    */
-  private receive(res: HttpResponse, state: Pending, route: string, keep: boolean, done: (body: Buffer) => void): void {
+  private receive(res: HttpResponse, state: Pending, route: string, keep: boolean, declared: number, done: (body: Buffer) => void): void {
     const max = this.deps.config.server.max_body_bytes;
+    // Growth stops at the declared length or max_body_bytes: the buffer ends at the body's size.
+    const limit = declared > 0 && declared < max ? declared : max;
+    let reserved = keep ? declared : 0;
+    const release = () => {
+      this.receiving -= reserved;
+      reserved = 0;
+    };
     this.open++;
     res.onAborted(() => {
       state.aborted = true;
+      release();
       if (!state.answered) this.open--;
     });
-    const chunks: Buffer[] = [];
+    let buf: Buffer | null = null;
     let size = 0;
     res.onData((chunk, isLast) => {
       if (state.answered) return;
-      size += chunk.byteLength;
-      if (size > max) {
+      const n = chunk.byteLength;
+      if (size + n > max) {
+        release();
         this.finish(state);
         this.reply(res, 413, errorBody(`body is larger than server.max_body_bytes (${max})`), route, undefined, true);
         return;
@@ -171,27 +254,92 @@ export class IngestServer {
         if (isLast) done(EMPTY);
         return;
       }
-      if (!isLast) {
-        chunks.push(Buffer.from(new Uint8Array(chunk)));
-        return;
+      let capacity = 0;
+      if (buf === null) {
+        // A body in one chunk: one copy (stored at the end of the turn, see complete()).
+        if (isLast) {
+          release();
+          done(Buffer.from(new Uint8Array(chunk)));
+          return;
+        }
+        capacity = Math.max(n, Math.min(limit, Math.max(INITIAL_BODY_BUFFER, 2 * n)));
+      } else if (size + n > buf.length) {
+        // Doubling: copying stays linear in the body size, and the buffer at most twice it.
+        capacity = Math.max(size + n, Math.min(limit, 2 * buf.length));
       }
-      // The last chunk is used in place: the envelope is encoded before this callback returns.
-      const last = Buffer.from(chunk);
-      done(chunks.length === 0 ? last : Buffer.concat([...chunks, last], size));
+      if (capacity > 0) {
+        // Without a declared length the buffer itself is what is reserved.
+        if (capacity > reserved) {
+          if (!this.reserve(capacity - reserved, capacity)) {
+            release();
+            this.finish(state);
+            this.refuseReceiving(res, route);
+            return;
+          }
+          reserved = capacity;
+        }
+        const grown = Buffer.allocUnsafeSlow(capacity);
+        if (buf !== null) buf.copy(grown, 0, 0, size);
+        buf = grown;
+      }
+      // One copy per chunk (its ArrayBuffer is neutered when this callback returns), into
+      // one growing buffer: a body sent in 1-byte chunks costs its size, not a Buffer per byte.
+      buf!.set(new Uint8Array(chunk), size);
+      size += n;
+      if (isLast) {
+        // From here the body is the log's (log.max_pending_bytes), not a body being received.
+        release();
+        done(buf!.subarray(0, size));
+      }
     });
   }
 
-  private store(res: HttpResponse, state: Stored, route: RouteConfig, method: string, path: string, query: string, headers: string[], remote: string, body: Buffer): void {
+  /**
+   * Takes `bytes` of server.max_receiving_bytes for a body that will hold `total` bytes, or
+   * says no: bodies over SMALL_BODY_BYTES may use only LARGE_SHARE of it.
+   */
+  private reserve(bytes: number, total: number): boolean {
+    const cap = total > SMALL_BODY_BYTES ? this.maxReceivingLarge : this.maxReceiving;
+    if (this.receiving + bytes > cap) return false;
+    this.receiving += bytes;
+    return true;
+  }
+
+  private refuseReceiving(res: HttpResponse, route: string): void {
+    this.reply(res, 503, errorBody(`too many request bytes are being received (server.max_receiving_bytes is ${this.maxReceiving}); retry later`), route, ['Retry-After', this.retryAfter], true);
+  }
+
+  /**
+   * A complete request is stored at the end of the event-loop turn, not at once: uWS parses
+   * everything a connection sent in one go, and a pipelined request (one sent before the
+   * previous one was answered) makes it close the connection, aborting the previous one too.
+   * Held back to the end of the turn, such requests are dropped unstored (the client saw the
+   * connection close without an answer) instead of stored without an acknowledgement.
+   */
+  private complete(state: Stored): void {
+    this.ready.push(state);
+    if (this.ready.length === 1) setImmediate(this.storeReady);
+  }
+
+  private readonly storeReady = (): void => {
+    const ready = this.ready;
+    this.ready = [];
+    for (const state of ready) if (!state.aborted) this.store(state);
+  };
+
+  private store(state: Stored): void {
     const refusal = this.draining ? 'closed' : this.deps.log.refusal();
     if (refusal !== null) {
       this.finish(state);
-      this.reply(res, 503, errorBody(REFUSAL_TEXT[refusal]), route.name, ['Retry-After', this.retryAfter], this.draining);
+      this.reply(state.res, 503, errorBody(REFUSAL_TEXT[refusal]), state.route, ['Retry-After', this.retryAfter], this.draining);
       return;
     }
     const receivedAt = Date.now();
     const id = newId(receivedAt);
     state.id = id;
-    this.deps.log.append({ id, received_at: receivedAt, route: route.name, method, path, query, headerList: headers, remote, body }, state);
+    const body = state.body;
+    state.body = EMPTY;
+    this.deps.log.append({ id, received_at: receivedAt, route: state.route, method: state.method, path: state.path, query: state.query, headerList: state.headers, remote: state.remote, body }, state);
   }
 
   /** Answers a stored request once its transaction is flushed (or failed). */
@@ -220,7 +368,7 @@ export class IngestServer {
   /** Reads and discards the body, then answers. */
   private drainThen(res: HttpResponse, route: string, answer: () => void): void {
     const state: Pending = { aborted: false, answered: false };
-    this.receive(res, state, route, false, () => {
+    this.receive(res, state, route, false, 0, () => {
       this.finish(state);
       answer();
     });

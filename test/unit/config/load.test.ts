@@ -23,6 +23,7 @@ t.test('defaults for everything but routes and targets', async (t) => {
   t.equal(c.server.port, 8080);
   t.equal(c.server.host, '0.0.0.0');
   t.equal(c.server.max_body_bytes, 1048576);
+  t.equal(c.server.max_receiving_bytes, 64 * 1024 * 1024);
   t.equal(c.server.ack_status, 200);
   t.equal(c.admin.host, '127.0.0.1');
   t.equal(c.admin.port, 9090);
@@ -109,6 +110,11 @@ t.test('rules across keys', async (t) => {
   t.match(all, /routes\[3\]\.path: "\/_crowd\/\*" overlaps "\/_crowd"/);
   t.match(all, /routes\[4\]\.path: "\/\*" overlaps "\/healthz"/);
   t.match(all, /cluster\.ack: "quorum" is not supported by this version/);
+});
+
+t.test('server.max_receiving_bytes holds at least one largest body', async (t) => {
+  t.match(problems('[server]\nmax_body_bytes = "2MiB"\nmax_receiving_bytes = "1MiB"\n'), [/c\.toml: server\.max_receiving_bytes: must be at least server\.max_body_bytes \(2097152\)/]);
+  t.equal(parseConfigText('[server]\nmax_body_bytes = "2MiB"\nmax_receiving_bytes = "2MiB"\n', 'c.toml').server.max_receiving_bytes, 2 * 1024 * 1024);
 });
 
 t.test('keys named like Object.prototype members and non-table values are refused', async (t) => {
