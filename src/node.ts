@@ -175,10 +175,14 @@ export class CrowdNode {
     await new Promise((r) => setImmediate(r));
     // Requests in flight to upstreams get a few seconds; what does not finish is sent again after the restart.
     await this.delivery?.stop(DELIVERY_STOP_GRACE_MS);
+    // A failure while draining: the node is on its way out without touching the log again.
+    if ((this.state as NodeState) === 'failed') return;
     this.admin.stop();
     // A retention pass stops at its next chunk once draining; its transaction finishes first.
     await this.housekeepingRun;
-    await this.log?.close();
+    if ((this.state as NodeState) === 'failed') return;
+    // Left open: the process exits without lmdb-js's close-time sync (see Log.close).
+    await this.log?.close({ leaveOpen: true });
     if (this.stallTimer) clearInterval(this.stallTimer);
     if ((this.state as NodeState) === 'failed') return; // a commit failed while draining
     this.state = 'stopped';

@@ -29,7 +29,9 @@ export async function startCommand({ file, config }: LoadedConfig): Promise<void
     }
     stopping = true;
     node.stop(signal).then(
-      () => (node!.state === 'failed' ? exitWithoutSync(1) : process.exit(0)),
+      // After a failure the fatal path has already scheduled its exit (without syncing).
+      // A clean stop flushed everything and left the log open: exit without its close-time sync.
+      () => (node!.state === 'failed' ? undefined : exitWithoutSync(0)),
       (err: Error) => {
         logger.fatal({ event: 'stop_failed', err }, `stop failed: ${err.message}`);
         exitWithoutSync(1);
@@ -42,6 +44,12 @@ export async function startCommand({ file, config }: LoadedConfig): Promise<void
   // logged as one JSON line; then the process stops, as Node.js would, with exit code 1.
   process.on('unhandledRejection', (reason) => {
     logger.fatal({ event: 'unhandled_rejection', err: reason }, `unhandled rejection: ${(reason as Error)?.message ?? String(reason)}`);
+    failExit();
+  });
+  // Likewise an exception nobody caught (a broken invariant in a timer): one line, exit 1,
+  // and no exit-time sync of the log (Node.js's default would run the 'exit' listeners).
+  process.on('uncaughtException', (err) => {
+    logger.fatal({ event: 'uncaught_exception', err }, `uncaught exception: ${err?.message ?? String(err)}`);
     failExit();
   });
   try {

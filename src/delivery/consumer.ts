@@ -115,6 +115,8 @@ export class Consumer {
   private dead: HeldEntry[] = [];
   /** Retry records of the commit being written (not readable from the store until it is durable). */
   private parkInCommit: readonly HeldEntry[] = [];
+  /** Dead letters of the commit being written: not in `dead` any more, not readable from the store yet. */
+  private deadInCommit: readonly HeldEntry[] = [];
 
   // Accounting: accepted = delivered + dead + purged + lag, at every moment.
   accepted = 0;
@@ -282,7 +284,11 @@ export class Consumer {
         // Requests held as retrying or dead are counted once (there), not again as backlog.
         this.accepted += n - this.ledger.heldOutsideIn(backlog.backlogFrom, backlog.backlogThrough);
       } catch (err) {
-        this.d.logger.error({ event: 'backlog_count_failed', target: this.name, err }, `target ${this.name}: counting the backlog failed (${(err as Error).message}); delivery starts, lag and accepted exclude the backlog`);
+        // Stopped meanwhile (the log closed under the count): nothing to start.
+        if (this.state !== 'starting') return;
+        // The log could not be read: without the count the accounting would be wrong (and
+        // its invariants would stop the node later, less clearly); the caller crash-stops.
+        throw new Error(`target ${this.name}: counting the backlog failed: ${(err as Error).message}`, { cause: err });
       }
     }
     if (this.state !== 'starting') return;
@@ -505,6 +511,7 @@ export class Consumer {
     const commit: ConsumerCommit = { target: this.name, offset, park: this.park, unpark: this.unpark, dead: this.dead };
     const p: PendingCommit = { commit, gen: this.gen };
     this.parkInCommit = this.park;
+    this.deadInCommit = this.dead;
     this.park = [];
     this.unpark = [];
     this.dead = [];
@@ -515,6 +522,7 @@ export class Consumer {
   committed(p: PendingCommit): void {
     if (p.commit.offset !== undefined && p.gen === this.gen) this.committedOffset = Math.min(this.main.head - 1, Math.max(this.committedOffset, p.commit.offset));
     if (this.parkInCommit === p.commit.park) this.parkInCommit = [];
+    if (this.deadInCommit === p.commit.dead) this.deadInCommit = [];
     this.check();
     this.pump();
   }
@@ -588,7 +596,10 @@ export class Consumer {
       // Dead letters the main line will reach again are not sent from the log.
       this.ledger.forgetBelow(from);
       for (const o of log.delivery.deadOffsets(this.name, from, previous - 1)) this.ledger.move(o, [undefined, 'dead'], 'dead');
-      for (const d of this.dead) if (d.offset >= from && d.offset < previous) this.ledger.move(d.offset, [undefined, 'dead'], 'dead');
+      // Also those written by a commit still in flight (taken from `dead`, not yet in the store).
+      for (const list of [this.dead, this.deadInCommit]) {
+        for (const d of list) if (d.offset >= from && d.offset < previous) this.ledger.move(d.offset, [undefined, 'dead'], 'dead');
+      }
       // Parked requests (also those whose record the next commit writes) stay in the retry line.
       for (const item of this.retry.values()) item.gen = this.gen;
       this.retry.reorder();

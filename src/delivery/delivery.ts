@@ -86,7 +86,9 @@ export class Delivery {
     this.timer = setInterval(() => this.commitSoon(), COMMIT_INTERVAL_MS);
     this.timer.unref();
     for (const { c, backlog } of inits) {
-      c.start(backlog).catch((err: Error) => this.deps.logger.error({ event: 'consumer_start_failed', target: c.name, err }, `target ${c.name} could not start: ${err.message}`));
+      c.start(backlog).catch((err: Error) => {
+        if (!this.stopped) this.fail(err);
+      });
     }
   }
 

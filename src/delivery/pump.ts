@@ -6,6 +6,9 @@
 import { Breaker, TokenBucket } from './flow';
 import type { Item } from './item';
 
+/** With no room for the next request and nothing in flight, look again this often. */
+export const BUDGET_POLL_MS = 100;
+
 /** setTimeout's largest delay; a longer wait wakes up early and sleeps again. */
 const TIMER_MAX_MS = 2 ** 31 - 1;
 
@@ -62,8 +65,20 @@ export class Pump {
         item = lines.peekMain();
       }
       if (item === null) break;
-      // Bytes first: a request that cannot be held now waits for one in flight to finish.
-      if (!lines.canHold(item)) break;
+      // Bytes first: a request that cannot be held now waits for one in flight to finish. A
+      // due retry that cannot be loaded lets main-line requests that hold their bytes go first,
+      // and with nothing in flight (the budget is shared with other targets) the pump looks
+      // again shortly, since no answer of its own will wake it.
+      if (!lines.canHold(item)) {
+        const main = fromRetry && !lines.mainHeld() ? lines.peekMain() : null;
+        if (main !== null && lines.canHold(main)) {
+          item = main;
+          fromRetry = false;
+        } else {
+          if (this.inFlight === 0) wakeAt = Math.min(wakeAt, now + BUDGET_POLL_MS);
+          break;
+        }
+      }
       if (!this.breakerLets(now)) {
         // While the probe is out its answer wakes the consumer; else the breaker's time does.
         if (!this.breaker.probing) wakeAt = Math.min(wakeAt, this.breaker.until);

@@ -599,17 +599,34 @@ export class Log {
     await this.write(() => this.meta.put('stats', { bytes: this.bytesDurable, through_offset: this.durable } satisfies StoredStats));
   }
 
-  /** Waits for every queued append to settle, saves stats and closes the environment. */
-  async close(): Promise<void> {
+  /**
+   * Waits for every queued append to settle, saves stats and closes the environment
+   * (unless `leaveOpen`: then the process must exit with `exitWithoutSync`).
+   */
+  async close(opts: { leaveOpen?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.closeStarted = performance.now();
     if (this.filling.length > 0) this.writeTurn();
     if (!this.opts.readOnly && !this.failure) {
-      await this.meta.put('stats', { bytes: this.bytesDurable + this.bytesPending, through_offset: this.nextOffset - 1 } satisfies StoredStats);
-      await this.env.flushed;
+      try {
+        // This write's own flushed promise: env.flushed resolves even when the fdatasync failed.
+        await durable(this.meta.put('stats', { bytes: this.bytesDurable + this.bytesPending, through_offset: this.nextOffset - 1 } satisfies StoredStats));
+      } catch (err) {
+        // Like any failed commit: the log fails and the owner exits without syncing again.
+        if (this.failure === null) {
+          this.failure = new CrowdError('CROWD_ERR_LOG_COMMIT', `commit to ${this.dir} failed while closing: ${(err as Error)?.message ?? err}`, { cause: err });
+          void this.notifyFatal(this.failure, err);
+        }
+      }
     }
     this.firstAtClose = this.firstKey();
+    // lmdb-js's close syncs the environment again (mdb_env_sync). After a failure that could
+    // mark the failed transaction as flushed; and lmdb-js does not report every failed
+    // fdatasync (a failed flush of the last transaction can go unreported), so the server
+    // leaves it open (`leaveOpen`) and exits without syncing: everything it acknowledged
+    // was flushed already.
+    if (!this.opts.readOnly && (this.failure || opts.leaveOpen)) return;
     await this.env.close();
     this.unlock?.();
   }

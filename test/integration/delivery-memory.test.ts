@@ -85,8 +85,10 @@ t.test(`${COUNT} x 1 MiB for an upstream that never answers: RSS grows by the re
   const s = await targetStatus(crowd, 'api');
   t.equal(s.lag, COUNT, 'nothing delivered');
   t.equal(s.accepted, COUNT, 'the backlog is counted');
-  // The envelopes held (LIMIT; the requests in flight are among them), and as much again
-  // twice for transient copies (a read decodes, the sink writes) and allocator slack.
-  const bound = baseline + 3 * LIMIT_MIB * MiB;
-  t.ok(peak < bound, `peak RssAnon ${(peak / MiB).toFixed(0)} MiB < baseline ${(baseline / MiB).toFixed(0)} MiB + 3 x ${LIMIT_MIB} MiB (growth ${((peak - baseline) / MiB).toFixed(0)} MiB with ${COUNT} MiB waiting)`);
+  // The envelopes held (LIMIT; the requests in flight are among them), transient copies (a
+  // read decodes, the sink writes), V8's and the allocator's slack: measured 41-60 MiB of
+  // growth on this machine, against 222 MiB (the whole backlog) before reads were bounded
+  // in bytes. The bound sits between the two, well clear of each.
+  const bound = baseline + 5 * LIMIT_MIB * MiB;
+  t.ok(peak < bound, `peak RssAnon ${(peak / MiB).toFixed(0)} MiB < baseline ${(baseline / MiB).toFixed(0)} MiB + 5 x ${LIMIT_MIB} MiB (growth ${((peak - baseline) / MiB).toFixed(0)} MiB with ${COUNT} MiB waiting)`);
 });

@@ -49,6 +49,32 @@ t.test('dlq replay after a rewind: each dead letter is sent once, by the retry l
   t.same(h.log.delivery.retryIndex('api'), [], 'no retry record left');
 });
 
+t.test('a rewind while the commit holding a dead letter is being written: the main line does not send it again', async (t) => {
+  const h = await Harness.open(target({ concurrency: 8 }));
+  t.teardown(() => h.close());
+  await h.append(20);
+  await h.start();
+  await answer(h, (c) => (c.env.offset === 5 ? 422 : 200));
+  // The manager takes the commit (the dead letter leaves the consumer's pending list) and
+  // starts writing it; the rewind runs before that write has landed.
+  const p = h.consumer.takeCommit()!;
+  t.same(p.commit.dead.map((d) => d.offset), [5], 'the commit carries the dead letter');
+  const rewound = h.rewind(1);
+  const written = h.log.delivery.commit([p.commit]);
+  const r = await rewound;
+  await written;
+  h.consumer.committed(p);
+  t.same(r, { from: 1, previous: 21, resent: 19 }, 'the dead letter is not counted as sent again');
+  await answer(h, () => 200);
+  await h.commit();
+  t.equal(h.okCounts().get(5), undefined, 'offset 5 is not sent from the log after the rewind');
+  t.same(h.figures(), { accepted: 39, delivered: 38, dead: 1, purged: 0, lag: 0 });
+  t.equal(await h.replayDead(), 1, 'the dead letter is still in the store');
+  await answer(h, () => 200);
+  t.equal(h.okCounts().get(5), 1, 'replayed: sent once');
+  identity(t, h, 'after the replay');
+});
+
 t.test('rewind while requests are in flight: it waits for them, then sends from the new offset', async (t) => {
   const h = await Harness.open(target({ concurrency: 4 }));
   t.teardown(() => h.close());
