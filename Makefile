@@ -38,6 +38,8 @@ run: install ## start crowd on config/crowd.example.toml (log in ./data)
 
 test: deps install ## install what the tests need and run them all
 	npx tap dist/test/unit dist/test/integration dist/test/crash
+	@# Tests that load a whole core on purpose run alone, so they cannot slow the timed ones.
+	npx tap --jobs=1 dist/test/serial
 
 bench: deps install ## run the benchmark suite, quick (under 3 minutes): results in bench/results/
 	node dist/bench/suite.js

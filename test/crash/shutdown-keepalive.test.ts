@@ -7,7 +7,7 @@ import net from 'node:net';
 import { Crowd, runCli } from '../helpers/crowd';
 import { sleep } from '../helpers/proc';
 
-const CONNECTIONS = 800;
+const CONNECTIONS = 400;
 
 interface Conn {
   sock: net.Socket;

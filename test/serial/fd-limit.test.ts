@@ -1,3 +1,4 @@
+// Runs alone (test/serial/): the spin it measures takes a whole core.
 // Ensures that at its file-descriptor limit crowd warns about the low limit at start, keeps
 // serving the connections it has, and accepts again once descriptors are free. Whether it spins
 // (uSockets retrying accept4, which fails with EMFILE, in a busy loop) is measured and reported
