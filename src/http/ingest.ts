@@ -15,6 +15,7 @@ import { bearerMatches } from './auth';
 import { Router } from './routes';
 import { STATUS_LINE, errorBody, okBody } from './responses';
 import { createLogger, type Logger } from '../observability/logger';
+import { AcceptGuard } from './accept-guard';
 import { connectionsOnPort, openFilesLimit } from './fds';
 import { listen, type HttpResponse, type TemplatedApp, type Uws, type us_listen_socket } from './uws';
 
@@ -89,6 +90,8 @@ export class IngestServer {
   private readonly ackLine: string;
   private readonly retryAfter: string;
   private listenSocket: us_listen_socket | null = null;
+  /** Closes the listen socket near the descriptor limit and opens it again below. */
+  private guard: AcceptGuard | null = null;
   /** crowd_ingest_requests_total{code=ack_status} per route name. */
   private readonly acked: Map<string, { inc(): void }>;
   private draining = false;
@@ -116,11 +119,51 @@ export class IngestServer {
 
   async start(): Promise<number> {
     const { host, port } = this.deps.config.server;
-    const l = await listen(this.deps.uws, this.app, host, port);
+    let l = await listen(this.deps.uws, this.app, host, port);
+    if (port === 0) {
+      // A port picked by the kernel is listened on again as a fixed port: uSockets sets
+      // SO_REUSEADDR only then, and without it on the accepted connections the guard below
+      // could not listen again while they are open.
+      this.deps.uws.us_listen_socket_close(l.socket);
+      l = await listen(this.deps.uws, this.app, host, l.port);
+    }
     this.listenSocket = l.socket;
     this.port = l.port;
     this.warnLowFdLimit();
+    const limits = openFilesLimit();
+    if (limits !== null && Number.isFinite(limits.soft)) {
+      const outbound = this.deps.config.targets.reduce((n, t) => n + t.concurrency, 0);
+      this.guard = new AcceptGuard({
+        limit: limits.soft,
+        reserve: Math.max(64, Math.ceil(limits.soft / 16), outbound + 64),
+        logger: this.logger,
+        pause: () => this.closeListenSocket(),
+        resume: () => this.relisten(),
+      });
+      this.guard.start();
+    }
     return l.port;
+  }
+
+  private closeListenSocket(): void {
+    if (this.listenSocket) {
+      this.deps.uws.us_listen_socket_close(this.listenSocket);
+      this.listenSocket = null;
+    }
+  }
+
+  /** Listens on the same port again (after the accept guard paused); false if that failed. */
+  private relisten(): boolean {
+    if (this.draining) return false;
+    let socket: us_listen_socket | false = false;
+    const listenExclusive = this.app.listen as unknown as (host: string, port: number, options: number, cb: (s: us_listen_socket | false) => void) => void;
+    listenExclusive.call(this.app, this.deps.config.server.host, this.port, (this.deps.uws as unknown as { LIBUS_LISTEN_EXCLUSIVE_PORT: number }).LIBUS_LISTEN_EXCLUSIVE_PORT, (s) => (socket = s));
+    if (!socket) {
+      this.logger.error({ event: 'relisten_failed', port: this.port }, `cannot listen on port ${this.port} again; retrying`);
+      return false;
+    }
+    this.listenSocket = socket;
+    return true;
   }
 
   private get logger(): Logger {
@@ -130,28 +173,24 @@ export class IngestServer {
   }
 
   /**
-   * Warns when the limit on open files is low: each connection takes a descriptor, and at the
-   * limit uSockets (this uWebSockets.js build) retries accept4, which fails with EMFILE, in a
-   * busy loop. Node.js already raised the soft limit to the hard one at start. Closing the
-   * listen socket near the limit stops that loop, but this build cannot listen on the port
-   * again while connections accepted before are open (no SO_REUSEADDR), so crowd does not.
+   * Warns when the limit on open files is low: each connection takes a descriptor, and near
+   * the limit the accept guard stops accepting new connections. Node.js already raised the
+   * soft limit to the hard one at start.
    */
   private warnLowFdLimit(): void {
     const limits = openFilesLimit();
     if (limits === null || limits.soft >= LOW_FD_LIMIT) return;
     this.logger.warn(
       { event: 'low_fd_limit', open_files_soft: limits.soft, open_files_hard: limits.hard },
-      `the limit on open files is ${limits.soft} (hard limit ${limits.hard}); each connection takes one and at the limit crowd spins on accept. Raise it (LimitNOFILE= in the systemd unit, ulimit -Hn) to at least ${LOW_FD_LIMIT}`,
+      `the limit on open files is ${limits.soft} (hard limit ${limits.hard}); each connection takes one and near it crowd stops accepting new connections. Raise it (LimitNOFILE= in the systemd unit, ulimit -Hn) to at least ${LOW_FD_LIMIT}`,
     );
   }
 
   /** Stops accepting: the listen socket closes, requests on open connections get 503 and close. */
   stopAccepting(): void {
     this.draining = true;
-    if (this.listenSocket) {
-      this.deps.uws.us_listen_socket_close(this.listenSocket);
-      this.listenSocket = null;
-    }
+    this.guard?.stop();
+    this.closeListenSocket();
   }
 
   openRequests(): number {
