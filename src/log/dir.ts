@@ -50,6 +50,12 @@ export function makeLogDir(dir: string): void {
       mkdirSync(d, { mode: 0o755 });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw wrap(dir, d, err);
+      // EEXIST for a path that did not stat: a symbolic link to nowhere.
+      try {
+        statSync(d);
+      } catch {
+        throw new CrowdError('CROWD_ERR_LOG_DIR', `log.dir ${dir}: ${d} is a symbolic link to a path that does not exist`);
+      }
     }
   }
 }

@@ -149,21 +149,21 @@ export class Log {
     }
     try {
       this.env = openEnvironment({ path: join(opts.dir, 'crowd.mdb'), readOnly: opts.readOnly ?? false, mapSize: Math.max(MIN_MAP_SIZE, 4 * opts.maxBytes), maxDbs: 8 });
+      this.entries = this.env.openDB<Buffer, number>({ name: 'entries', encoding: 'binary', keyEncoding: 'ordered-binary', cache: false, compression: false });
+      this.consumersDb = this.env.openDB<number, string>({ name: 'consumers', encoding: 'json', cache: false });
+      this.meta = this.env.openDB<unknown, string>({ name: 'meta', encoding: 'json', cache: false });
+      const held = { encoding: 'binary' as const, keyEncoding: 'ordered-binary' as const, cache: false, compression: false };
+      this.delivery = new DeliveryStore(
+        this.env,
+        this.consumersDb,
+        this.env.openDB<Buffer, [string, number]>({ name: 'retries', ...held }),
+        this.env.openDB<Buffer, [string, number]>({ name: 'dead', ...held }),
+        (op) => this.write(op),
+      );
     } catch (err) {
       this.unlock?.();
       throw err;
     }
-    this.entries = this.env.openDB<Buffer, number>({ name: 'entries', encoding: 'binary', keyEncoding: 'ordered-binary', cache: false, compression: false });
-    this.consumersDb = this.env.openDB<number, string>({ name: 'consumers', encoding: 'json', cache: false });
-    this.meta = this.env.openDB<unknown, string>({ name: 'meta', encoding: 'json', cache: false });
-    const held = { encoding: 'binary' as const, keyEncoding: 'ordered-binary' as const, cache: false, compression: false };
-    this.delivery = new DeliveryStore(
-      this.env,
-      this.consumersDb,
-      this.env.openDB<Buffer, [string, number]>({ name: 'retries', ...held }),
-      this.env.openDB<Buffer, [string, number]>({ name: 'dead', ...held }),
-      (op) => this.write(op),
-    );
   }
 
   /**
@@ -176,8 +176,7 @@ export class Log {
     const floor = (log.meta.get('offset_floor') as number | undefined) ?? 1;
     log.nextOffset = Math.max(last + 1, floor);
     if (!opts.readOnly) {
-      await log.meta.put('opened_at', log.now());
-      await log.meta.flushed;
+      await durable(log.meta.put('opened_at', log.now()));
     }
     // Retention may have emptied the log: everything below the floor was durable.
     log.durable = Math.max(last, floor - 1);

@@ -2,7 +2,7 @@
 // and rejects bad ones with exit 2 and one `crowd: config error: <file>: <key.path>: ...` line
 // per problem; `crowd start` refuses a bad config the same way.
 import t from 'tap';
-import { writeFileSync } from 'node:fs';
+import { symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT, runCli, tempDir } from '../helpers/crowd';
 
@@ -73,8 +73,10 @@ t.test('start failures: exit 1 with one clear line, no stack trace, and no hang'
     ['proc', '/proc/crowd-test/data', /log\.dir \/proc\/crowd-test\/data: \/proc is on a proc file system, which cannot hold a log/],
     ['sys', '/sys/crowd-test', /log\.dir \/sys\/crowd-test: \/sys is on a sysfs file system/],
     ['file', join(dir, 'a-file', 'data'), /log\.dir .*a-file\/data: .*a-file exists and is not a directory/],
+    ['dangling', join(dir, 'dangling'), /log\.dir .*dangling: .*dangling is a symbolic link to a path that does not exist/],
   ];
   writeFileSync(join(dir, 'a-file'), 'x');
+  symlinkSync(join(dir, 'nowhere'), join(dir, 'dangling'));
   for (const [name, logDir, want] of cases) {
     const file = join(dir, `${name}.json`);
     writeFileSync(file, JSON.stringify({ server: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, log: { dir: logDir } }));
