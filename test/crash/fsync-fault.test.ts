@@ -10,6 +10,8 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Crowd, ROOT, tempDir } from '../helpers/crowd';
 import { request, type Reply } from '../helpers/http';
+import { LoadClient } from '../helpers/load';
+import { Upstream } from '../helpers/upstream';
 import { attachStrace, parseTrace, type Call } from '../helpers/strace';
 import { Log } from '../../src/log/log';
 
@@ -139,4 +141,30 @@ t.test('EIO on the last fdatasync while stopping (SIGTERM): no sync after the fa
   const { failure, later } = afterFailure(parseTrace(readFileSync(traceFile, 'utf8')), join(crowd.logDir, 'crowd.mdb'));
   t.ok(failure, 'the trace shows the injected failure on the data file');
   t.same(later, [], `no sync and no write of the data file follows it (${describe(later)})`);
+});
+
+t.test('EIO on fdatasync under load with delivery: nothing is written or synced after the failure', async (t) => {
+  const up = await Upstream.start();
+  t.teardown(() => up.close());
+  const crowd = new Crowd({
+    config: {
+      routes: [{ name: 'leads', path: '/leads', targets: ['api'] }],
+      targets: [{ name: 'api', url: `http://127.0.0.1:${up.port}`, concurrency: 16 }],
+    },
+  });
+  await crowd.start();
+  t.teardown(() => crowd.stop());
+  const client = new LoadClient(() => crowd.url('/leads'), { workers: 32, maxRequests: 100_000, tag: 'fault', timeoutMs: 5000 }).start();
+  t.teardown(() => client.stop());
+  await new Promise((r) => setTimeout(r, 1000)); // ingest commits and delivery commits overlap
+  const traceFile = join(crowd.dir, 'strace.txt');
+  const strace = await attachStrace(crowd.proc!.pid!, traceFile, [...TRACED, '-e', 'inject=fdatasync:error=EIO']);
+  const exit = await crowd.waitExit();
+  await new Promise((r) => strace.once('exit', r));
+  await client.stop();
+  t.ok(client.acks.length > 100, `the node was busy (${client.acks.length} acknowledged)`);
+  t.ok(exit.code === 1 || exit.signal === 'SIGABRT', `crowd exits non-zero (${exit.code ?? exit.signal})`);
+  const { failure, later } = afterFailure(parseTrace(readFileSync(traceFile, 'utf8')), join(crowd.logDir, 'crowd.mdb'));
+  t.ok(failure, 'the trace shows the injected failure on the data file');
+  t.same(later, [], `no write and no sync of the data file follows it (${describe(later.slice(0, 5))})`);
 });
