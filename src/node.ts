@@ -169,7 +169,7 @@ export class CrowdNode {
     // Open (keep-alive) connections keep getting 503 + Connection: close until they close, within
     // the same grace: exiting under a request in flight would reset its connection.
     while (Date.now() < deadline && (this.ingest?.openConnections() ?? 0) > 0) {
-      await new Promise((r) => setTimeout(r, 25));
+      await new Promise((r) => setTimeout(r, 100));
     }
     // Let the last acknowledgements leave the socket buffers before the process exits.
     await new Promise((r) => setImmediate(r));
