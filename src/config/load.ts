@@ -199,6 +199,16 @@ function checkValue(raw: unknown, spec: Spec, path: string, problems: ConfigProb
 
 const RESERVED_PATHS = ['/healthz', '/_crowd'];
 
+/** True when `url` has a user name or password (`http://user:pass@host/`). */
+function hasCredentials(url: string): boolean {
+  try {
+    const u = new URL(url);
+    return u.username !== '' || u.password !== '';
+  } catch {
+    return false;
+  }
+}
+
 /** Rules that span keys: unique names, known targets, reserved paths. */
 function crossCheck(c: Config, problems: ConfigProblem[]): void {
   const targetNames = new Set<string>();
@@ -207,6 +217,10 @@ function crossCheck(c: Config, problems: ConfigProblem[]): void {
     targetNames.add(t.name);
     if (t.type !== 'http') problems.push({ where: `targets[${i}].type`, problem: `"${t.type}" is not supported by this version; use "http"` });
     if (t.type === 'http' && !/^https?:\/\//.test(t.url)) problems.push({ where: `targets[${i}].url`, problem: `an http target needs an http:// or https:// URL, got "${t.url}"` });
+    if (t.type === 'http' && hasCredentials(t.url)) {
+      // Not echoed: the problem lines go to terminals and logs.
+      problems.push({ where: `targets[${i}].url`, problem: 'credentials in the URL ("user:password@") are not supported: crowd would not send them and would show them in /status; remove them' });
+    }
     if (t.retry.base > t.retry.max) problems.push({ where: `targets[${i}].retry.base`, problem: 'must not be larger than retry.max' });
     t.retry.permanent.forEach((code, j) => {
       if (code === 401 || code === 403) problems.push({ where: `targets[${i}].retry.permanent[${j}]`, problem: `${code} pauses the target (a credentials problem), it cannot dead-letter requests` });

@@ -11,7 +11,7 @@
  *   is `ordered`: then nothing after it is sent until it is delivered or dead-lettered.
  * - A permanent failure, or a request older than `retry.max_age`, becomes a dead letter,
  *   written in the commit that moves the offset past it.
- * - 401/403 pause the target: nothing is dead-lettered; one probe per `retry.max`.
+ * - 401/403 and 3xx pause the target: nothing is dead-lettered; one probe per `retry.max`.
  * - Offsets are committed in batches (the delivery manager writes every consumer's changes
  *   in one transaction). After a crash the consumer resumes from the committed offset:
  *   what was delivered after it is delivered again, at most WINDOW_MAX entries.
@@ -29,7 +29,7 @@ import type { Logger } from '../observability/logger';
 import { newItem, envelopeBytes, type Item } from './item';
 import { Ledger, invariant } from './ledger';
 import { Pump, type PumpLines } from './pump';
-import { classify, backoffMs, parseRetryAfter, retryDelayMs } from './retry';
+import { classify, backoffMs, parseRetryAfter, pauseHint, retryDelayMs } from './retry';
 import { RetryLine } from './retry-line';
 import type { AttemptResult, Sink } from './sinks/sink';
 import { MainLine, ReadAheadBudget, WINDOW_MAX } from './window';
@@ -399,8 +399,8 @@ export class Consumer {
         if (!this.paused) {
           this.paused = true;
           this.d.logger.error(
-            { event: 'target_paused', target: this.name, status: r.status, offset: item.offset },
-            `target ${this.name} answered ${r.status}: paused (check its credentials); one probe every ${Math.round(this.t.retry.max / 1000)} s, nothing is dead-lettered`,
+            { event: 'target_paused', target: this.name, status: r.status, error: r.error, offset: item.offset },
+            `target ${this.name}: ${r.error}: paused (${pauseHint(r.status)}); one probe every ${Math.round(this.t.retry.max / 1000)} s, nothing is dead-lettered`,
           );
         }
         this.toRetry(item, now + this.t.retry.max);

@@ -9,8 +9,10 @@
  *   status not listed as permanent.
  * - `dead`: a status in the target's `retry.permanent` list (400, 404, 405, 410, 413, 415,
  *   422 by default): the request itself is refused, so retrying cannot help.
- * - `pause`: 401 or 403: the credentials are wrong for every request; the target stops
- *   instead of dead-lettering everything.
+ * - `pause`: 401 or 403: the credentials are wrong for every request; a 3xx (not listed in
+ *   `retry.permanent`): the target URL is wrong (crowd does not follow redirects, which would
+ *   turn a POST into a GET or send the request somewhere nobody configured). Either way the
+ *   target stops instead of retrying or dead-lettering everything.
  */
 export type Verdict = 'delivered' | 'retry' | 'dead' | 'pause';
 
@@ -20,7 +22,14 @@ export function classify(status: number | null, permanent: ReadonlySet<number>):
   if (status >= 200 && status < 300) return 'delivered';
   if (status === 401 || status === 403) return 'pause';
   if (permanent.has(status)) return 'dead';
+  if (status >= 300 && status < 400) return 'pause';
   return 'retry';
+}
+
+/** What an operator should fix when a target is paused after answering `status`. */
+export function pauseHint(status: number | null): string {
+  if (status !== null && status >= 300 && status < 400) return 'a redirect: set the target url to where it points';
+  return 'check its credentials';
 }
 
 /**

@@ -17,6 +17,7 @@ import { STATUS_LINE, errorBody, okBody } from './responses';
 import { createLogger, type Logger } from '../observability/logger';
 import { AcceptGuard } from './accept-guard';
 import { connectionsOnPort, openFilesLimit } from './fds';
+import { dropNominated } from './hop-by-hop';
 import { listen, type HttpResponse, type TemplatedApp, type Uws, type us_listen_socket } from './uws';
 
 /** Headers not stored: hop-by-hop ones, framing that the stored body makes moot, and `expect`. */
@@ -242,10 +243,13 @@ export class IngestServer {
     }
     const headers: string[] = [];
     const dropAuth = route.token !== undefined;
+    let nominated = '';
     req.forEach((k, v) => {
+      if (k === 'connection') nominated += `,${v}`;
       if (DROPPED_HEADERS.has(k) || k.startsWith('proxy-') || (dropAuth && k === 'authorization')) return;
       headers.push(k, v);
     });
+    if (nominated !== '') dropNominated(headers, nominated);
     const query = req.getQuery() ?? '';
     const remote = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
     const state = new Stored(this, res, route.name, method, url, query, headers, remote);

@@ -2,14 +2,20 @@
  * The http sink: replays a stored request to the target URL over keep-alive connections
  * (an undici Pool with `concurrency` connections).
  *
+ * What counts as the answer: the status line. A 2xx is delivered as soon as it is read; the
+ * rest of the answer is read and dropped for at most RESPONSE_DRAIN_MS (then the connection is
+ * closed). Any other answer, a timeout or an unreadable answer closes the connection: bytes an
+ * upstream writes after a refusal are never read as the answer to the next request.
+ *
  * What the upstream receives: the original method; the target URL's path followed by the
  * request's path and query; the body bytes unchanged; the request's end-to-end headers
  * without hop-by-hop ones and `host`; plus Idempotency-Key (= the request id, the same on
  * every attempt), Crowd-Id, Crowd-Attempt, Crowd-Received-At and X-Forwarded-For/-Proto/-Host.
  */
-import { Pool } from 'undici';
+import { Pool, buildConnector } from 'undici';
 import type { TargetConfig } from '../../config/schema';
 import type { Envelope } from '../../log/codec';
+import { dropInterimContinue } from './interim';
 import type { AttemptResult, Sink } from './sink';
 
 /** Hop-by-hop headers and the ones crowd sets itself: never copied from the stored request. */
@@ -34,6 +40,19 @@ const NOT_FORWARDED = new Set([
 
 /** Response bytes read (and dropped) before the connection is closed instead of reused. */
 const RESPONSE_DRAIN_MAX = 64 * 1024;
+/** How long the rest of a 2xx answer is read (after its status) before the connection is closed instead. */
+const RESPONSE_DRAIN_MS = 500;
+/** Largest answer head read (undici's default is 16 KiB); a larger one dead-letters the request. */
+export const MAX_ANSWER_HEADER_BYTES = 256 * 1024;
+/** Characters of a redirect's Location kept in the error. */
+const LOCATION_MAX = 300;
+/**
+ * A sweeper that runs this much later than its period means the process did not run (stopped,
+ * swapped out, a long pause): answers may wait unread in the sockets, so it gives them one
+ * turn of the event loop (setImmediate runs after the sockets are read) before it expires
+ * anything.
+ */
+const STALL_MS = 100;
 
 /** Builds the upstream headers as undici's flat [name, value, ...] list. */
 export function upstreamHeaders(e: Envelope, attempt: number): string[] {
@@ -68,20 +87,23 @@ export function upstreamHeaders(e: Envelope, attempt: number): string[] {
 const UNSAFE_IN_TARGET = /[^\x21-\x7e]/gu;
 
 /**
- * One attempt, as an undici dispatch handler: the status and Retry-After are all it needs, so
- * the answer's body is counted and dropped as it arrives (no stream objects), and the attempt
- * can be aborted without an AbortSignal (the sink's sweeper enforces the deadline).
+ * One attempt, as an undici dispatch handler: the status, Retry-After and Location are all it
+ * needs, so the answer's body is counted and dropped as it arrives (no stream objects), and the
+ * attempt can be aborted without an AbortSignal (the sink's sweeper enforces the deadline).
+ * The result is given once (at the status line, or at the error); the attempt stays with the
+ * sink until undici is done with its connection.
  */
 class Attempt {
   status: number | null = null;
-  retryAfter: string | null = null;
   bytes = 0;
   private abortFn: ((err?: Error) => void) | null = null;
+  private resolved = false;
   private done = false;
   timedOut = false;
 
   constructor(
-    readonly deadline: number,
+    /** When the attempt runs out of time: the target's timeout, then the drain limit once a 2xx is in. */
+    public deadline: number,
     private readonly resolve: (r: AttemptResult) => void,
     private readonly sink: HttpSink,
   ) {}
@@ -93,12 +115,23 @@ class Attempt {
   onHeaders(statusCode: number, rawHeaders: Buffer[] | string[]): boolean {
     if (statusCode < 200) return true; // 1xx: the real answer follows
     this.status = statusCode;
-    if (statusCode >= 300) {
-      for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
-        if (rawHeaders[i]!.toString().toLowerCase() === 'retry-after') this.retryAfter = rawHeaders[i + 1]!.toString();
-      }
+    if (statusCode < 300) {
+      this.answer({ status: statusCode, retryAfter: null, error: '', timedOut: false, unsendable: false });
+      this.deadline = Math.min(this.deadline, performance.now() + RESPONSE_DRAIN_MS);
+      return true;
     }
-    return true;
+    let retryAfter: string | null = null;
+    let location: string | null = null;
+    for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+      const name = rawHeaders[i]!.toString().toLowerCase();
+      if (name === 'retry-after') retryAfter = rawHeaders[i + 1]!.toString();
+      else if (name === 'location') location = rawHeaders[i + 1]!.toString('latin1').slice(0, LOCATION_MAX);
+    }
+    const error = location !== null && statusCode < 400 ? `upstream answered ${statusCode} (Location: ${location})` : `upstream answered ${statusCode}`;
+    this.answer({ status: statusCode, retryAfter, error, timedOut: false, unsendable: false });
+    // Not reused: whatever the upstream writes next on this connection is not an answer to anything.
+    this.abort(new Error(`closed after a ${statusCode} answer`));
+    return false;
   }
 
   onData(chunk: Buffer): boolean {
@@ -122,28 +155,34 @@ class Attempt {
     else this.finish(err);
   }
 
+  private answer(r: AttemptResult): void {
+    if (this.resolved) return;
+    this.resolved = true;
+    this.resolve(r);
+  }
+
   private finish(err: Error | null): void {
     if (this.done) return;
     this.done = true;
     this.sink.finished(this);
-    const status = this.status;
-    if (status !== null) {
-      // The answer counts once its status is in; a failing body does not change the outcome.
-      const ok = status >= 200 && status < 300;
-      this.resolve({ status, retryAfter: this.retryAfter, error: ok ? '' : `upstream answered ${status}`, timedOut: false, unsendable: false });
-      return;
-    }
+    if (this.resolved) return; // the status decided; how the rest of the answer went does not matter
     if (this.timedOut) {
-      this.resolve({ status: null, retryAfter: null, error: `UND_ERR_TIMEOUT no answer within the target timeout`, timedOut: true, unsendable: false });
+      this.answer({ status: null, retryAfter: null, error: `UND_ERR_TIMEOUT no answer within the target timeout`, timedOut: true, unsendable: false });
       return;
     }
     const e2 = err as Error & { code?: string; cause?: Error & { code?: string } };
     const code = e2?.code ?? e2?.cause?.code ?? '';
+    if (code === 'UND_ERR_HEADERS_OVERFLOW') {
+      // The status line came but the answer cannot be read: retrying would make the upstream
+      // process the request again and again, for an answer crowd still could not read.
+      this.answer({ status: null, retryAfter: null, error: `${code} the answer's headers are larger than ${MAX_ANSWER_HEADER_BYTES / 1024} KiB: dead-lettered without a retry (the upstream may have processed it)`, timedOut: false, unsendable: true });
+      return;
+    }
     const timedOut = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT';
     const detail = e2?.cause?.message && e2.cause.message !== e2.message ? `${e2.message}: ${e2.cause.message}` : (e2?.message ?? 'no answer');
     // undici refused to build the request (a header or path it cannot send): no retry can help.
     const unsendable = code === 'UND_ERR_INVALID_ARG' || code === 'ERR_INVALID_CHAR' || code === 'ERR_INVALID_HTTP_TOKEN';
-    this.resolve({ status: null, retryAfter: null, error: `${code ? code + ' ' : ''}${detail}`, timedOut, unsendable });
+    this.answer({ status: null, retryAfter: null, error: `${code ? code + ' ' : ''}${detail}`, timedOut, unsendable });
   }
 }
 
@@ -155,18 +194,28 @@ export class HttpSink implements Sink {
   /** One timer for all attempts in flight: cheaper than a timer (or an AbortSignal) per request. */
   private readonly running = new Set<Attempt>();
   private sweeper: NodeJS.Timeout | null = null;
+  private lastSweep = 0;
+  private recheck: NodeJS.Immediate | null = null;
 
   constructor(target: TargetConfig) {
     const url = new URL(target.url);
-    this.basePath = url.pathname === '/' ? '' : url.pathname.replace(/\/$/, '');
+    this.basePath = url.pathname.replace(/\/+$/, '');
     this.baseQuery = url.search.slice(1);
     this.timeout = target.timeout;
+    const connector = buildConnector({ timeout: target.timeout });
     this.pool = new Pool(url.origin, {
       connections: target.concurrency,
       pipelining: 1,
-      connectTimeout: target.timeout,
-      headersTimeout: target.timeout,
-      bodyTimeout: target.timeout,
+      connect: (opts, callback) =>
+        connector(opts, (err, socket) => {
+          if (socket) dropInterimContinue(socket);
+          (callback as (e: Error | null, s: typeof socket) => void)(err, socket);
+        }),
+      // The sweeper bounds each attempt (and checks for a stalled process first); undici's own
+      // timers would expire answers that wait unread in the sockets after a stall.
+      headersTimeout: 0,
+      bodyTimeout: 0,
+      maxHeaderSize: MAX_ANSWER_HEADER_BYTES,
     });
   }
 
@@ -204,14 +253,18 @@ export class HttpSink implements Sink {
   private sweep(): void {
     if (this.sweeper) return;
     const period = Math.max(5, Math.min(1000, Math.floor(this.timeout / 10)));
+    this.lastSweep = performance.now();
     this.sweeper = setInterval(() => {
       const now = performance.now();
-      for (const a of this.running) {
-        if (now >= a.deadline) {
-          a.timedOut = true;
-          a.abort(new Error('target timeout'));
-        }
-      }
+      const late = now - this.lastSweep > period + STALL_MS;
+      this.lastSweep = now;
+      if (late) {
+        // The process stalled: read the sockets first, then expire what is still unanswered.
+        this.recheck ??= setImmediate(() => {
+          this.recheck = null;
+          this.expire(performance.now());
+        });
+      } else if (this.recheck === null) this.expire(now);
       if (this.running.size === 0 && this.sweeper) {
         clearInterval(this.sweeper);
         this.sweeper = null;
@@ -220,9 +273,20 @@ export class HttpSink implements Sink {
     this.sweeper.unref();
   }
 
+  private expire(now: number): void {
+    for (const a of this.running) {
+      if (now >= a.deadline) {
+        if (a.status === null) a.timedOut = true;
+        a.abort(new Error('target timeout'));
+      }
+    }
+  }
+
   async close(): Promise<void> {
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = null;
+    if (this.recheck) clearImmediate(this.recheck);
+    this.recheck = null;
     await this.pool.destroy().catch(() => undefined);
   }
 }

@@ -68,6 +68,15 @@ t.test('delivery keys: ordered is a boolean, permanent statuses, types without a
   t.match(problems('[[targets]]\nname = "n"\ntype = "nats"\nurl = "nats://127.0.0.1:4222"\n'), [/targets\[0\]\.type: "nats" is not supported by this version/]);
 });
 
+t.test('credentials in a target URL are refused, and not echoed', async (t) => {
+  const base = '[[routes]]\nname = "r"\npath = "/r"\ntargets = ["a"]\n[[targets]]\nname = "a"\n';
+  for (const url of ['http://user:s3cret@127.0.0.1:1/in', 'https://user@api.example', 'http://:s3cret@api.example/']) {
+    const p = problems(base + `url = "${url}"\n`);
+    t.match(p, [/c\.toml: targets\[0\]\.url: credentials in the URL/], url);
+    t.notMatch(p.join('\n'), /s3cret/, 'the password is not printed');
+  }
+});
+
 t.test('unknown keys are errors, with their key path', async (t) => {
   const p = problems('colour = 1\n[server]\nprot = 8080\n[[routes]]\nname = "r"\npath = "/r"\nverb = "POST"\n');
   t.match(p, [/^crowd: config error: c\.toml: colour: unknown key/, /c\.toml: server\.prot: unknown key/, /c\.toml: routes\[0\]\.verb: unknown key/]);

@@ -57,6 +57,8 @@ t.test('request path: target path prefix, request path, both queries', async (t)
     ['http://127.0.0.1:1/', { query: '' }, '/leads/new'],
     ['http://127.0.0.1:1/api/', {}, '/api/leads/new?a=1&b=2'],
     ['http://127.0.0.1:1/api?key=k', {}, '/api/leads/new?key=k&a=1&b=2'],
+    ['http://127.0.0.1:1/api//', {}, '/api/leads/new?a=1&b=2'],
+    ['http://127.0.0.1:1//', { query: '' }, '/leads/new'],
   ];
   for (const [url, over, expected] of cases) {
     const sink = new HttpSink({ ...base, url });

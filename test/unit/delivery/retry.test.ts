@@ -13,7 +13,8 @@ t.test('classify', async (t) => {
   t.equal(classify(403, PERMANENT), 'pause');
   // Not listed as permanent: retried (the list is the operator's to change).
   t.equal(classify(409, PERMANENT), 'retry');
-  t.equal(classify(301, PERMANENT), 'retry');
+  for (const s of [300, 301, 302, 303, 304, 307, 308]) t.equal(classify(s, PERMANENT), 'pause', `${s}: the target URL is wrong`);
+  t.equal(classify(302, new Set([302])), 'dead', 'a 3xx listed in retry.permanent dead-letters instead');
   t.equal(classify(404, new Set([400])), 'retry', '404 retried when the target does not list it');
   t.equal(classify(409, new Set([409])), 'dead', 'a configured status dead-letters');
 });
