@@ -8,6 +8,7 @@ import t from 'tap';
 import net from 'node:net';
 import { Crowd, runCli } from '../helpers/crowd';
 import { rawExchange, request } from '../helpers/http';
+import { Upstream } from '../helpers/upstream';
 
 const MAX = 1000;
 const crowd = new Crowd({
@@ -240,4 +241,23 @@ t.test('front end limits: malformed requests uWebSockets.js takes, and what crow
   t.match(empty.text, /^HTTP\/1\.1 200 /);
   const e = (await tail()).find((x) => empty.text.includes(x.id));
   t.same([e.body, 'x-after' in e.headers], ['', false]);
+});
+
+t.test('what is taken reaches the upstream as sent: path under the target base path, query, header values', async (t) => {
+  const upstream = await Upstream.start();
+  const c = new Crowd({ config: { routes: [{ name: 'events', path: '/events/*', targets: ['up'] }], targets: [{ name: 'up', url: upstream.url('/ingest') }] } });
+  await c.start();
+  t.teardown(async () => {
+    await c.stop();
+    await upstream.close();
+  });
+  const path = "/events/a..b/...c/%2e%2ex/%41;p=1/~!$&'()*+,=:@";
+  const query = 'q=%FF%2e&x=a/../b&y=?z';
+  const value = ` !"#$%&'()*+,-./09:;<=>?@AZ[\\]^_\`az{|}~\tend`;
+  const r = await rawExchange(c.port, post(`${path}?${query}`, [`X-T: ${value}`]), 300);
+  t.match(r.text, /^HTTP\/1\.1 200 /);
+  await upstream.until(() => upstream.received.length === 1, 10_000, 'delivered');
+  const got = upstream.received[0]!;
+  t.equal(got.url, `/ingest${path}?${query}`, 'the path and query arrive as sent, under the base path');
+  t.equal(got.headers['x-t'], value.trim(), 'the header value arrives as sent');
 });
