@@ -17,11 +17,8 @@ import { STATUS_LINE, errorBody, okBody } from './responses';
 import { createLogger, type Logger } from '../observability/logger';
 import { AcceptGuard } from './accept-guard';
 import { connectionsOnPort, openFilesLimit } from './fds';
-import { dropNominated } from './hop-by-hop';
 import { listen, type HttpResponse, type TemplatedApp, type Uws, type us_listen_socket } from './uws';
-
-/** Headers not stored: hop-by-hop ones, framing that the stored body makes moot, and `expect`. */
-const DROPPED_HEADERS = new Set(['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length', 'expect']);
+import { HeaderScan, checkTarget, shorten } from './validate';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -31,6 +28,13 @@ const LARGE_SHARE = 0.75;
 
 /** First buffer of a body that arrives in several chunks; it doubles as chunks arrive. */
 const INITIAL_BODY_BUFFER = 1024;
+
+/**
+ * A body refused with 413 is read and discarded up to this many bytes before the answer and
+ * the close: closing with unread bytes resets the connection, and a client still writing its
+ * body would see a broken pipe instead of the 413.
+ */
+const LINGER_BYTES = 8 * 1024 * 1024;
 
 const REFUSAL_TEXT: Record<Refusal, string> = {
   pending_writes: 'too many requests waiting for the disk; retry later',
@@ -209,48 +213,50 @@ export class IngestServer {
 
   private handle(res: HttpResponse, method: string, url: string, req: { getHeader(k: string): string; getQuery(): string; forEach(cb: (k: string, v: string) => void): void }): void {
     const { config } = this.deps;
+    const head = method === 'HEAD';
+    // One pass over the header list: the headers to store, and what crowd refuses (validate.ts).
+    const scan = new HeaderScan();
+    req.forEach(scan.add);
+    const query = req.getQuery() ?? '';
+    const invalid = scan.finish() ?? checkTarget(url, query);
+    if (invalid !== null) {
+      if (scan.framing) this.refuseFraming(res, errorBody(invalid), head);
+      else this.drainThen(res, 'none', () => this.reply(res, 400, errorBody(invalid), 'none', undefined, false, head));
+      return;
+    }
     if (url === '/healthz') {
       const ok = !this.draining && this.deps.log.refusal() === null;
-      this.drainThen(res, 'healthz', () => this.reply(res, ok ? 200 : 503, ok ? '{"status":"OK"}' : errorBody('not accepting requests'), 'healthz'));
+      this.drainThen(res, 'healthz', () => this.reply(res, ok ? 200 : 503, ok ? '{"status":"OK"}' : errorBody('not accepting requests'), 'healthz', undefined, false, head));
       return;
     }
     const route = url.startsWith('/_crowd/') ? null : this.router.match(url);
     if (route === null) {
-      this.drainThen(res, 'none', () => this.reply(res, 404, errorBody(`no route for path ${url}`), 'none'));
+      this.drainThen(res, 'none', () => this.reply(res, 404, errorBody(`no route for path ${shorten(url)}`), 'none', undefined, false, head));
       return;
     }
     if (!route.methods.includes(method as RouteConfig['methods'][number])) {
       const allow = route.methods.join(', ');
-      this.drainThen(res, route.name, () => this.reply(res, 405, errorBody(`method ${method} is not allowed on ${url}; allowed: ${allow}`), route.name, ['Allow', allow]));
+      this.drainThen(res, route.name, () => this.reply(res, 405, errorBody(`method ${method} is not allowed on ${shorten(url)}; allowed: ${allow}`), route.name, ['Allow', allow], false, head));
       return;
     }
     if (route.token !== undefined && !bearerMatches(req.getHeader('authorization'), route.token)) {
       this.drainThen(res, route.name, () =>
-        this.reply(res, 401, errorBody(`missing or wrong bearer token for route ${route.name}`), route.name, ['WWW-Authenticate', `Bearer realm="${route.name}"`]),
+        this.reply(res, 401, errorBody(`missing or wrong bearer token for route ${route.name}`), route.name, ['WWW-Authenticate', `Bearer realm="${route.name}"`], false, head),
       );
       return;
     }
     const max = config.server.max_body_bytes;
-    const declared = req.getHeader('content-length');
+    const declared = scan.contentLength;
     const declaredBytes = declared === '' ? 0 : Number(declared);
     if (declaredBytes > max) {
-      this.reply(res, 413, errorBody(`body of ${declared} bytes is larger than server.max_body_bytes (${max})`), route.name, undefined, true);
+      this.lingerThen(res, () => this.reply(res, 413, errorBody(`body of ${declared} bytes is larger than server.max_body_bytes (${max})`), route.name, undefined, true, head));
       return;
     }
     if (declaredBytes > 0 && !this.reserve(declaredBytes, declaredBytes)) {
       this.refuseReceiving(res, route.name);
       return;
     }
-    const headers: string[] = [];
-    const dropAuth = route.token !== undefined;
-    let nominated = '';
-    req.forEach((k, v) => {
-      if (k === 'connection') nominated += `,${v}`;
-      if (DROPPED_HEADERS.has(k) || k.startsWith('proxy-') || (dropAuth && k === 'authorization')) return;
-      headers.push(k, v);
-    });
-    if (nominated !== '') dropNominated(headers, nominated);
-    const query = req.getQuery() ?? '';
+    const headers = route.token === undefined ? scan.stored : withoutAuthorization(scan.stored);
     const remote = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
     const state = new Stored(this, res, route.name, method, url, query, headers, remote);
     this.receive(res, state, route.name, true, declaredBytes, (body) => {
@@ -284,13 +290,22 @@ export class IngestServer {
     });
     let buf: Buffer | null = null;
     let size = 0;
+    /** Bytes read and discarded since the body went over max_body_bytes, or -1. */
+    let discarded = -1;
     res.onData((chunk, isLast) => {
       if (state.answered) return;
       const n = chunk.byteLength;
-      if (size + n > max) {
-        release();
-        this.finish(state);
-        this.reply(res, 413, errorBody(`body is larger than server.max_body_bytes (${max})`), route, undefined, true);
+      if (discarded >= 0 || size + n > max) {
+        if (discarded < 0) {
+          release();
+          buf = null;
+          discarded = 0;
+        }
+        discarded += n;
+        if (isLast || discarded > LINGER_BYTES) {
+          this.finish(state);
+          this.reply(res, 413, errorBody(`body is larger than server.max_body_bytes (${max})`), route, undefined, true);
+        }
         return;
       }
       if (!keep) {
@@ -398,14 +413,61 @@ export class IngestServer {
     const id = state.id;
     const close = this.draining;
     const line = this.ackLine;
+    const head = state.method === 'HEAD';
     res.cork(() => {
-      res.writeStatus(line).writeHeader('Content-Type', 'application/json').writeHeader('Crowd-Id', id).end(okBody(id), close);
+      res.writeStatus(line).writeHeader('Content-Type', 'application/json').writeHeader('Crowd-Id', id);
+      if (head) res.endWithoutBody(okBody(id).length, close);
+      else res.end(okBody(id), close);
     });
   }
 
   private finish(state: Pending): void {
     if (!state.answered && !state.aborted) this.open--;
     state.answered = true;
+  }
+
+  /**
+   * Answers 400 and closes the connection for a request whose framing headers are ambiguous:
+   * where its body ends is unknown, so nothing after it on the connection may be taken. The
+   * answer waits for the end of the event-loop turn: answered at once, uWS would go on to
+   * serve the bytes that followed in the same read as the next request, though the answer
+   * closes the connection. Held back, such a request makes uWS close the connection (a request
+   * sent before the previous one was answered), and crowd drops it unstored (see complete()).
+   */
+  private refuseFraming(res: HttpResponse, body: string, head: boolean): void {
+    const state: Pending = { aborted: false, answered: false };
+    this.open++;
+    res.onAborted(() => {
+      state.aborted = true;
+      if (!state.answered) this.open--;
+    });
+    setImmediate(() => {
+      if (state.aborted) return;
+      this.finish(state);
+      this.reply(res, 400, body, 'none', undefined, true, head);
+    });
+  }
+
+  /**
+   * Reads and discards a body that will not be taken, up to LINGER_BYTES, then answers: the
+   * answer closes the connection, and closing with unread bytes would reset it under the answer.
+   */
+  private lingerThen(res: HttpResponse, answer: () => void): void {
+    const state: Pending = { aborted: false, answered: false };
+    this.open++;
+    res.onAborted(() => {
+      state.aborted = true;
+      if (!state.answered) this.open--;
+    });
+    let discarded = 0;
+    res.onData((chunk, isLast) => {
+      if (state.answered) return;
+      discarded += chunk.byteLength;
+      if (isLast || discarded > LINGER_BYTES) {
+        this.finish(state);
+        answer();
+      }
+    });
   }
 
   /** Reads and discards the body, then answers. */
@@ -417,12 +479,21 @@ export class IngestServer {
     });
   }
 
-  private reply(res: HttpResponse, code: number, body: string, route: string, header?: [string, string], close = false): void {
+  /** Answers; to HEAD without the body (its length in Content-Length). */
+  private reply(res: HttpResponse, code: number, body: string, route: string, header?: [string, string], close = false, head = false): void {
     if (route !== 'healthz') this.deps.metrics.ingest(route, code);
     res.cork(() => {
       res.writeStatus(STATUS_LINE[code]!).writeHeader('Content-Type', 'application/json');
       if (header) res.writeHeader(header[0], header[1]);
-      res.end(body, close || this.draining);
+      if (head) res.endWithoutBody(Buffer.byteLength(body), close || this.draining);
+      else res.end(body, close || this.draining);
     });
   }
+}
+
+/** The header list without `authorization` (a route's own token is not stored). */
+function withoutAuthorization(headers: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) if (headers[i] !== 'authorization') out.push(headers[i]!, headers[i + 1]!);
+  return out;
 }

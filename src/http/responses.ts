@@ -4,6 +4,7 @@ export const STATUS_LINE: Record<number, string> = {
   200: '200 OK',
   201: '201 Created',
   202: '202 Accepted',
+  400: '400 Bad Request',
   401: '401 Unauthorized',
   404: '404 Not Found',
   405: '405 Method Not Allowed',
