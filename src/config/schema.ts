@@ -156,7 +156,7 @@ export const SCHEMA: Record<string, Spec> = {
         fields: {
           base: { kind: 'duration', doc: 'First backoff step (full jitter).', default: '200ms', min_ms: 1, max_ms: 86_400_000 },
           max: { kind: 'duration', doc: 'Largest backoff step; also the probe interval of a paused target.', default: '60s', min_ms: 1, max_ms: 86_400_000 },
-          max_age: { kind: 'duration', doc: 'Requests older than this go to the dead-letter store.', default: '72h', min_ms: 1 },
+          max_age: { kind: 'duration', doc: 'Requests older than this (from their receipt, or their replay from the dead letters) go to the dead-letter store unsent, whether they were attempted or not.', default: '72h', min_ms: 1 },
           permanent: {
             kind: 'list',
             doc: 'Upstream statuses that dead-letter a request at once (no retry).',

@@ -9,7 +9,8 @@
  *   passes it, it is parked (a retry record with its envelope and attempt count, written in
  *   the commit that moves the offset), so it never holds back the others, unless the target
  *   is `ordered`: then nothing after it is sent until it is delivered or dead-lettered.
- * - A permanent failure, or a request older than `retry.max_age`, becomes a dead letter,
+ * - A permanent failure, or a request older than `retry.max_age` (attempted or not: it is
+ *   not sent then, whatever holds sending back), becomes a dead letter,
  *   written in the commit that moves the offset past it.
  * - 401/403 pause the target: nothing is dead-lettered; one probe per `retry.max`.
  * - Offsets are committed in batches (the delivery manager writes every consumer's changes
@@ -117,6 +118,9 @@ export class Consumer {
   private parkInCommit: readonly HeldEntry[] = [];
   /** Dead letters of the commit being written: not in `dead` any more, not readable from the store yet. */
   private deadInCommit: readonly HeldEntry[] = [];
+  /** Envelope bytes of `dead` and of `deadInCommit`: bounded by the target's max_read_ahead_bytes. */
+  private deadBytes = 0;
+  private deadInCommitBytes = 0;
 
   // Accounting: accepted = delivered + dead + purged + lag, at every moment.
   accepted = 0;
@@ -164,6 +168,8 @@ export class Consumer {
         else this.main.take();
         this.send(item, now);
       },
+      expiresAt: (item) => this.expiresAt(item),
+      expire: (item, fromRetry, now) => this.expire(item, fromRetry, now),
     };
   }
 
@@ -345,6 +351,40 @@ export class Consumer {
     );
   }
 
+  // --- retry.max_age -----------------------------------------------------------------------
+
+  /** When `item` becomes older than retry.max_age (from its receipt, or its replay from the dead letters). */
+  private expiresAt(item: Item): number {
+    if (item.parked && !item.loaded && this.reload(item) === null) return Infinity; // gone: `send` counts it
+    return Math.max(item.received_at, item.replayedAt) + this.t.retry.max_age;
+  }
+
+  /** Dead letters waiting for a commit hold this many envelope bytes at most (then the commit comes first). */
+  private deadRoom(): boolean {
+    if (this.deadBytes + this.deadInCommitBytes < this.t.max_read_ahead_bytes) return true;
+    this.d.events.commitSoon();
+    return false;
+  }
+
+  /** An entry older than retry.max_age, attempted or not, becomes a dead letter without being sent. */
+  private expire(item: Item, fromRetry: boolean, now: number): boolean {
+    if (!this.deadRoom()) return false;
+    if (fromRetry) this.retry.pop();
+    else this.main.take();
+    if (item.env !== null) this.release(item);
+    const age = `older than retry.max_age (${Math.round(this.t.retry.max_age / 1000)} s)`;
+    item.error = item.attempts === 0 ? `${age}: never attempted` : `${age} after ${item.attempts} attempts; last: ${item.error}`;
+    this.toDead(item, now);
+    if (item.inWindow) this.advance();
+    this.check();
+    return true;
+  }
+
+  private pushDead(entry: HeldEntry): void {
+    this.dead.push(entry);
+    this.deadBytes += entry.held.envelope.byteLength;
+  }
+
   /** A request whose envelope is gone (its retry record was removed): counted as purged. */
   private gone(item: Item): void {
     this.d.logger.error({ event: 'retry_missing', target: this.name, offset: item.offset }, `target ${this.name}: the stored request of offset ${item.offset} is gone; counted as purged`);
@@ -431,10 +471,11 @@ export class Consumer {
 
   private toRetry(item: Item, due: number): void {
     item.state = 'waiting';
-    item.due = due;
+    // Due at the latest when it becomes older than retry.max_age: then it is dead-lettered unsent.
+    item.due = Math.min(due, Math.max(item.received_at, item.replayedAt) + this.t.retry.max_age);
     this.retry.wait(item);
     // A parked request's record gets its new attempt count (the envelope comes from the old record).
-    if (item.parked) this.parkRecord(item, due);
+    if (item.parked) this.parkRecord(item, item.due);
   }
 
   private toDead(item: Item, now: number): void {
@@ -445,7 +486,7 @@ export class Consumer {
     if (!item.inWindow) {
       // Parked: the offset passed it long ago; move it from the retries to the dead letters.
       const env = this.reload(item);
-      if (env) this.dead.push({ offset: item.offset, held: this.heldOf(item, env, now) });
+      if (env) this.pushDead({ offset: item.offset, held: this.heldOf(item, env, now) });
       if (item.parked) this.unpark.push(item.offset);
       this.leaveRetry(item, 'dead');
     }
@@ -478,19 +519,21 @@ export class Consumer {
     if (this.main.head - 1 - this.committedOffset >= COMMIT_EARLY) this.d.events.commitSoon();
   }
 
-  private readonly passed = (s: Item): void => {
+  private readonly passed = (s: Item): boolean => {
     if (s.state === 'waiting') {
       // Read from the log before the window releases it: the record holds the envelope.
       this.parkRecord(s, s.due);
       if (s.parked) this.ledger.move(s.offset, 'window', 'retry');
     } else if (s.state === 'dead') {
+      if (!this.deadRoom()) return false;
       const env = this.reload(s);
       invariant(env !== null, () => `target ${this.name}: the dead letter at offset ${s.offset} is not in the log`);
-      this.dead.push({ offset: s.offset, held: this.heldOf(s, env, s.due) });
+      this.pushDead({ offset: s.offset, held: this.heldOf(s, env, s.due) });
       this.ledger.move(s.offset, 'window', undefined);
     } else {
       this.ledger.move(s.offset, 'window', undefined);
     }
+    return true;
   };
 
   /** accepted = delivered + dead + purged + lag with lag >= 0; committed <= passed < read <= durable + 1. */
@@ -512,6 +555,8 @@ export class Consumer {
     const p: PendingCommit = { commit, gen: this.gen };
     this.parkInCommit = this.park;
     this.deadInCommit = this.dead;
+    this.deadInCommitBytes = this.deadBytes;
+    this.deadBytes = 0;
     this.park = [];
     this.unpark = [];
     this.dead = [];
@@ -522,7 +567,12 @@ export class Consumer {
   committed(p: PendingCommit): void {
     if (p.commit.offset !== undefined && p.gen === this.gen) this.committedOffset = Math.min(this.main.head - 1, Math.max(this.committedOffset, p.commit.offset));
     if (this.parkInCommit === p.commit.park) this.parkInCommit = [];
-    if (this.deadInCommit === p.commit.dead) this.deadInCommit = [];
+    if (this.deadInCommit === p.commit.dead) {
+      this.deadInCommit = [];
+      this.deadInCommitBytes = 0;
+    }
+    // Dead letters held back by their byte bound can be passed now.
+    if (this.state === 'running') this.advance();
     this.check();
     this.pump();
   }
