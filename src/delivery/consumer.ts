@@ -669,6 +669,12 @@ export class Consumer {
     }
   }
 
+  /** The first offset the main line has not passed. */
+  position(): number {
+    if (this.state === 'running') this.advance();
+    return this.main.head;
+  }
+
   /** Dead letters moved back into the retry line (by `crowd dlq replay`). */
   replayed(moved: readonly { offset: number; attempts: number; due: number }[]): void {
     for (const m of moved) {
