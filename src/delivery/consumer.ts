@@ -40,6 +40,10 @@ export type { Item } from './item';
 
 /** Passed entries not yet committed that make the consumer ask for a commit now. */
 const COMMIT_EARLY = WINDOW_MAX / 4;
+/** At most one log line about new dead letters per target this often. */
+export const DEAD_REPORT_MS = 10_000;
+/** An attempt's error that says the TLS handshake or the certificate failed. */
+const TLS_ERROR = /CERT|ERR_TLS|ERR_SSL|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|certificate|\b(tls|ssl)\b/i;
 
 export type TargetState = 'starting' | 'ok' | 'backoff' | 'circuit-open' | 'paused' | 'stopped';
 
@@ -134,6 +138,18 @@ export class Consumer {
   private lastError: { at: number; status: number | null; message: string; offset: number } | null = null;
   private pumpQueued = false;
   private idleWaiters: (() => void)[] = [];
+
+  // Log lines about trouble: once per change, not per attempt.
+  /** The state the last line reported (or the state at start). */
+  private reportedState: TargetState = 'ok';
+  /** Dead letters not reported yet, and when the last report was. */
+  private deadUnreported = 0;
+  private deadLastError = '';
+  private deadReportedAt = -Infinity;
+  private deadFirstAt = 0;
+  private deadTimer: NodeJS.Timeout | null = null;
+  /** The TLS failure reported last (until an attempt gets an answer). */
+  private tlsReported: string | null = null;
 
   constructor(deps: ConsumerDeps) {
     this.d = deps;
@@ -323,6 +339,77 @@ export class Consumer {
   pump(): void {
     if (this.state !== 'running') return;
     this.pumper.run(this.lines);
+    this.reportState();
+    this.reportDead();
+  }
+
+  // --- Log lines about trouble --------------------------------------------------------------
+
+  /** One line per state change (backoff, circuit-open, recovered); paused has its own lines. */
+  private reportState(): void {
+    const state = this.targetState();
+    const was = this.reportedState;
+    if (state === was || state === 'starting' || state === 'stopped') return;
+    this.reportedState = state;
+    if (state === 'paused' || was === 'paused') return; // target_paused / target_resumed
+    const last = this.lastError ? `; last: ${this.lastError.message}` : '';
+    const fields = { event: 'target_state', target: this.name, state, previous: was, retrying: this.retry.size, lag: this.lag() };
+    if (state === 'circuit-open') {
+      this.d.logger.warn(fields, `target ${this.name}: circuit open after ${this.pumper.breaker.failures} failed attempts in a row${last}; one probe per backoff step (at most ${Math.round(this.t.retry.max / 1000)} s)`);
+    } else if (state === 'backoff') {
+      this.d.logger.info(fields, `target ${this.name}: backing off (${this.retry.size} requests waiting for a retry)${last}`);
+    } else {
+      this.d.logger.info(fields, `target ${this.name} recovered (was ${was}); lag ${this.lag()}`);
+    }
+  }
+
+  /**
+   * Counts a new dead letter. The line comes at the end of the turn (so that one line covers
+   * a burst) and at most once per DEAD_REPORT_MS, with the count since the last line.
+   */
+  private noteDead(error: string): void {
+    if (this.deadUnreported === 0) this.deadFirstAt = this.now();
+    this.deadUnreported++;
+    this.deadLastError = error;
+    this.armDeadReport();
+  }
+
+  private armDeadReport(): void {
+    if (this.deadTimer !== null || this.state === 'stopped') return;
+    const wait = Math.max(0, Math.min(DEAD_REPORT_MS, this.deadReportedAt + DEAD_REPORT_MS - this.now()));
+    this.deadTimer = setTimeout(() => {
+      this.deadTimer = null;
+      this.reportDead(true);
+    }, wait);
+    this.deadTimer.unref();
+  }
+
+  /** Reports the dead letters counted since the last line, if it is time (`timer`: the end of their turn has passed). */
+  private reportDead(timer = false): void {
+    if (this.deadUnreported === 0) return;
+    const now = this.now();
+    if (now < this.deadReportedAt + DEAD_REPORT_MS || (!timer && now <= this.deadFirstAt)) {
+      this.armDeadReport();
+      return;
+    }
+    const count = this.deadUnreported;
+    this.deadUnreported = 0;
+    this.deadReportedAt = now;
+    this.d.logger.warn(
+      { event: 'dead_letters', target: this.name, count, total: this.deadCount },
+      `target ${this.name}: ${count} new dead letters (${this.deadCount} in the store); last: ${this.deadLastError} (crowd dlq list --target ${this.name})`,
+    );
+  }
+
+  /** One line per TLS failure (again only after an attempt got an answer, or the error changed). */
+  private reportTls(r: AttemptResult): void {
+    if (r.status !== null) {
+      this.tlsReported = null;
+      return;
+    }
+    if (!TLS_ERROR.test(r.error) || this.tlsReported === r.error) return;
+    this.tlsReported = r.error;
+    this.d.logger.error({ event: 'target_tls_failed', target: this.name, url: this.t.url, error: r.error }, `target ${this.name}: TLS failure: ${r.error} (${this.t.url}); requests are retried`);
   }
 
   // --- Attempts -----------------------------------------------------------------------------
@@ -415,6 +502,7 @@ export class Consumer {
     }
     item.status = r.status ?? 0;
     item.error = r.error;
+    this.reportTls(r);
     if (verdict !== 'delivered') this.lastError = { at: now, status: r.status, message: r.error, offset: item.offset };
     const b = this.pumper.breaker;
     switch (verdict) {
@@ -482,6 +570,7 @@ export class Consumer {
     item.state = 'dead';
     item.due = now;
     this.deadCount++;
+    this.noteDead(item.error);
     this.retry.remove(item);
     if (!item.inWindow) {
       // Parked: the offset passed it long ago; move it from the retries to the dead letters.
@@ -750,6 +839,8 @@ export class Consumer {
     const wasRunning = this.state === 'running' || this.state === 'rewinding';
     this.state = 'stopped';
     this.pumper.stop();
+    if (this.deadTimer) clearTimeout(this.deadTimer);
+    this.deadTimer = null;
     if (wasRunning) await this.waitIdle(graceMs);
     // Finished entries passed meanwhile go into the last commit.
     this.advance();
