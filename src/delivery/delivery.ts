@@ -229,6 +229,18 @@ export class Delivery {
     }
   }
 
+  /**
+   * The targets whose unfinished entries keep retention from freeing the log: those at the
+   * lowest committed offset, with entries after it (the slowest consumers). Empty when every
+   * target is caught up (or none is configured).
+   */
+  holders(): ConsumerStatus[] {
+    const all = this.status();
+    const durable = this.deps.log.durableOffset();
+    const lowest = Math.min(...all.map((s) => s.committed_offset));
+    return all.filter((s) => s.committed_offset === lowest && lowest < durable);
+  }
+
   resume(target: string): boolean {
     return this.consumer(target).resume();
   }
