@@ -124,7 +124,11 @@ export class CrowdNode {
     this.housekeeping.unref();
     this.stallTimer = setInterval(() => {
       log.checkStall();
-      if (this.state === 'ready') this.reportFull();
+      if (this.state !== 'ready') return;
+      this.reportFull();
+      // Over the quota, retention runs now rather than at the next housekeeping turn (a
+      // target's max_lag_bytes may have just let it free space).
+      if (log.refusal() === 'max_bytes') this.houseKeep();
     }, STALL_CHECK_INTERVAL_MS);
     this.stallTimer.unref();
     // Where a local CLI finds this node when the config says port 0 (a port picked at start).

@@ -150,6 +150,11 @@ export const SCHEMA: Record<string, Spec> = {
         min_bytes: 64 * 1024,
         max_bytes: 64 * 1024 ** 3,
       },
+      max_lag_bytes: {
+        kind: 'size',
+        doc: 'Bytes of the log this target may hold back from retention (the records after its offset); past it, its oldest undelivered entries go to its dead-letter store instead of filling the log and stopping ingest for every route. 0: off.',
+        default: 0,
+      },
       retry: {
         kind: 'table',
         doc: 'Retry policy.',
@@ -212,6 +217,8 @@ export interface TargetConfig {
   readonly ordered: boolean;
   /** Bytes of envelopes held in memory for this target. */
   readonly max_read_ahead_bytes: number;
+  /** Bytes of the log this target may hold back; 0: no bound. */
+  readonly max_lag_bytes: number;
   /** Durations in milliseconds. */
   readonly retry: { readonly base: number; readonly max: number; readonly max_age: number; readonly permanent: readonly number[] };
 }

@@ -25,7 +25,8 @@
 import type { TargetConfig } from '../config/schema';
 import { decodeEnvelope, reencodeEnvelope, type Envelope } from '../log/codec';
 import type { ConsumerCommit, Held, HeldEntry } from '../log/delivery-store';
-import type { Log } from '../log/log';
+import type { LagMeter, Log } from '../log/log';
+import { formatBytes } from '../config/units';
 import type { Logger } from '../observability/logger';
 import { newItem, envelopeBytes, type Item } from './item';
 import { Ledger, invariant } from './ledger';
@@ -148,6 +149,12 @@ export class Consumer {
   private deadReportedAt = -Infinity;
   private deadFirstAt = 0;
   private deadTimer: NodeJS.Timeout | null = null;
+  // targets[].max_lag_bytes: entries of the main line up to `lagCut` (and from `lagFrom`, the
+  // position before the last rewind) go to the dead letters unsent.
+  private meter: LagMeter | null = null;
+  private lagCut = 0;
+  private lagFrom = 0;
+
   /** The TLS failure reported last (until an attempt gets an answer). */
   private tlsReported: string | null = null;
 
@@ -440,8 +447,27 @@ export class Consumer {
 
   // --- retry.max_age -----------------------------------------------------------------------
 
+  /**
+   * targets[].max_lag_bytes: measures the bytes of the log after this target's position; the
+   * entries before the cut (the oldest beyond the bound) are dead-lettered by the pump.
+   */
+  checkLag(): void {
+    if (this.t.max_lag_bytes <= 0 || this.state !== 'running') return;
+    this.meter ??= this.d.log.lagMeter(this.committedOffset);
+    const cut = this.d.log.measureLag(this.meter, this.t.max_lag_bytes);
+    if (cut <= this.lagCut) return;
+    this.lagCut = cut;
+    if (cut >= this.main.head) this.pump();
+  }
+
+  /** An entry of the main line the target holds beyond targets[].max_lag_bytes. */
+  private overLag(item: Item): boolean {
+    return item.inWindow && item.offset <= this.lagCut && item.offset >= this.lagFrom;
+  }
+
   /** When `item` becomes older than retry.max_age (from its receipt, or its replay from the dead letters). */
   private expiresAt(item: Item): number {
+    if (this.overLag(item)) return -Infinity;
     if (item.parked && !item.loaded && this.reload(item) === null) return Infinity; // gone: `send` counts it
     return Math.max(item.received_at, item.replayedAt) + this.t.retry.max_age;
   }
@@ -459,8 +485,10 @@ export class Consumer {
     if (fromRetry) this.retry.pop();
     else this.main.take();
     if (item.env !== null) this.release(item);
-    const age = `older than retry.max_age (${Math.round(this.t.retry.max_age / 1000)} s)`;
-    item.error = item.attempts === 0 ? `${age}: never attempted` : `${age} after ${item.attempts} attempts; last: ${item.error}`;
+    const why = this.overLag(item)
+      ? `over targets[].max_lag_bytes (${formatBytes(this.t.max_lag_bytes)}): the oldest entry this target held back in the log`
+      : `older than retry.max_age (${Math.round(this.t.retry.max_age / 1000)} s)`;
+    item.error = item.attempts === 0 ? `${why}: never attempted` : `${why} after ${item.attempts} attempts; last: ${item.error}`;
     this.toDead(item, now);
     if (item.inWindow) this.advance();
     this.check();
@@ -746,6 +774,8 @@ export class Consumer {
       this.accepted += resent;
       this.main.reset(from);
       this.committedOffset = from - 1;
+      // What the rewind sends again is not dead-lettered by max_lag_bytes.
+      this.lagFrom = Math.max(this.lagFrom, previous);
       this.park = this.park.filter((p) => this.retry.has(p.offset));
       this.check();
       await persist(from - 1);

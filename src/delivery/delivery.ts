@@ -83,7 +83,15 @@ export class Delivery {
     this.deps.log.onDurable(() => {
       for (const c of this.consumers.values()) c.notify();
     });
-    this.timer = setInterval(() => this.commitSoon(), COMMIT_INTERVAL_MS);
+    this.timer = setInterval(() => {
+      try {
+        for (const c of this.consumers.values()) c.checkLag();
+      } catch (err) {
+        this.fail(err instanceof Error ? err : new Error(String(err)));
+        return;
+      }
+      this.commitSoon();
+    }, COMMIT_INTERVAL_MS);
     this.timer.unref();
     for (const { c, backlog } of inits) {
       c.start(backlog).catch((err: Error) => {

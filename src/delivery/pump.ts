@@ -53,7 +53,8 @@ export class Pump {
   }
 
   run(lines: PumpLines): void {
-    let wakeAt = Infinity;
+    let wakeAt = this.expireFirst(lines);
+    if (wakeAt === -Infinity) return; // the commit of the dead letters wakes the pump
     for (;;) {
       const now = this.now();
       let item: Item | null = null;
@@ -112,6 +113,29 @@ export class Pump {
       lines.send(item, fromRetry, now);
     }
     this.schedule(wakeAt);
+  }
+
+  /**
+   * Dead-letters the entries past retry.max_age (or the target's lag bound) at the front of
+   * both lines, whatever holds sending back: a due retry waiting for the breaker must not
+   * keep the main line's expired entries in place. Returns when the first entry left expires
+   * (-Infinity: stopped at the dead letters' byte bound).
+   */
+  private expireFirst(lines: PumpLines): number {
+    const now = this.now();
+    for (;;) {
+      const top = lines.peekRetry();
+      if (top === null || top.due > now || lines.expiresAt(top) > now) break;
+      if (!lines.expire(top, true, now)) return -Infinity;
+    }
+    if (lines.mainHeld()) return Infinity;
+    for (;;) {
+      const item = lines.peekMain();
+      if (item === null) return Infinity;
+      const at = lines.expiresAt(item);
+      if (at > now) return at;
+      if (!lines.expire(item, false, now)) return -Infinity;
+    }
   }
 
   /** True when the breaker lets a request through now (without taking the probe). */
