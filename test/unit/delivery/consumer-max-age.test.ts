@@ -139,3 +139,25 @@ t.test('expiring a large backlog keeps the uncommitted dead letters within the b
   t.ok(commits > 3, `written in ${commits} commits`);
   identity(t, h, 'after expiry');
 });
+
+t.test('expired main-line entries are not held back by a due retry waiting for the breaker', async (t) => {
+  const h = await Harness.open(target({ concurrency: 1, retry: { base: 100, max: 60_000, max_age: MAX_AGE, permanent: [400] } }));
+  t.teardown(() => h.close());
+  await h.append(4);
+  await h.start();
+  h.sink.open()[0]!.answer(400); // offset 1: a dead letter
+  await settle();
+  h.sink.open()[0]!.answer(401); // offset 2: paused, the breaker holds for retry.max
+  await settle();
+  t.equal(h.consumer.status().state, 'paused');
+  await h.commit();
+  await h.tick(MAX_AGE - 2000);
+  t.equal(await h.replayDead(), 1, 'offset 1 replayed: due now, young again, and held by the pause');
+  await h.tick(2000);
+  await h.commit();
+  const dead = h.log.delivery.deadLetters('api', 0, 10).map((d) => d.offset);
+  t.ok(dead.includes(3) && dead.includes(4), `offsets 3 and 4 (never sent) are dead letters (${dead.join(', ')})`);
+  t.equal(h.sink.calls.length, 2, 'nothing more was sent');
+  const f = h.figures();
+  t.equal(f.accepted, f.delivered + f.dead + f.purged + f.lag, 'accounting identity');
+});
