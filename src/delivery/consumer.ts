@@ -445,7 +445,7 @@ export class Consumer {
     );
   }
 
-  // --- retry.max_age -----------------------------------------------------------------------
+  // --- retry.max_age and max_lag_bytes: dead letters without an attempt --------------------
 
   /**
    * targets[].max_lag_bytes: measures the bytes of the log after this target's position; the
