@@ -183,6 +183,7 @@ export class Consumer {
     });
     this.lines = {
       peekRetry: () => this.retry.peek(this.gen),
+      peekExpiredRetry: (now) => this.retry.peekExpired(now, this.gen, (i) => this.expiresAt(i)),
       peekMain: () => this.main.peek(this.committedOffset, this.retry.size),
       mainHeld: () => this.t.ordered && this.retry.size > 0,
       canHold: (item) => item.env !== null || this.room() > 0,
@@ -482,8 +483,8 @@ export class Consumer {
   /** An entry older than retry.max_age, attempted or not, becomes a dead letter without being sent. */
   private expire(item: Item, fromRetry: boolean, now: number): boolean {
     if (!this.deadRoom()) return false;
-    if (fromRetry) this.retry.pop();
-    else this.main.take();
+    // A retry leaves its line through toDead (its heap entries are dropped as stale).
+    if (!fromRetry) this.main.take();
     if (item.env !== null) this.release(item);
     const why = this.overLag(item)
       ? `over targets[].max_lag_bytes (${formatBytes(this.t.max_lag_bytes)}): the oldest entry this target held back in the log`
@@ -588,8 +589,9 @@ export class Consumer {
   private toRetry(item: Item, due: number): void {
     item.state = 'waiting';
     // Due at the latest when it becomes older than retry.max_age: then it is dead-lettered unsent.
-    item.due = Math.min(due, Math.max(item.received_at, item.replayedAt) + this.t.retry.max_age);
-    this.retry.wait(item);
+    const expires = Math.max(item.received_at, item.replayedAt) + this.t.retry.max_age;
+    item.due = Math.min(due, expires);
+    this.retry.wait(item, expires);
     // A parked request's record gets its new attempt count (the envelope comes from the old record).
     if (item.parked) this.parkRecord(item, item.due);
   }
@@ -816,7 +818,8 @@ export class Consumer {
     item.inWindow = false;
     item.parked = true;
     item.loaded = false;
-    this.retry.wait(item);
+    // Its record's due time is at most its max_age (a lower bound until the record is loaded).
+    this.retry.wait(item, r.due);
   }
 
   purgedSome(n: number): void {

@@ -16,6 +16,8 @@ const TIMER_MAX_MS = 2 ** 31 - 1;
 export interface PumpLines {
   /** The retry due first (or null). */
   peekRetry(): Item | null;
+  /** A retry past retry.max_age at `now` (or null), wherever it is in the due order. */
+  peekExpiredRetry(now: number): Item | null;
   /** The main line's next entry (or null); not asked while `ordered` retries wait. */
   peekMain(): Item | null;
   /** True when strict order holds the main line back (a retry is waiting). */
@@ -124,9 +126,9 @@ export class Pump {
   private expireFirst(lines: PumpLines): number {
     const now = this.now();
     for (;;) {
-      const top = lines.peekRetry();
-      if (top === null || top.due > now || lines.expiresAt(top) > now) break;
-      if (!lines.expire(top, true, now)) return -Infinity;
+      const item = lines.peekExpiredRetry(now);
+      if (item === null) break;
+      if (!lines.expire(item, true, now)) return -Infinity;
     }
     if (lines.mainHeld()) return Infinity;
     for (;;) {

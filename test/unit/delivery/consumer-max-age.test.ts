@@ -161,3 +161,26 @@ t.test('expired main-line entries are not held back by a due retry waiting for t
   const f = h.figures();
   t.equal(f.accepted, f.delivered + f.dead + f.purged + f.lag, 'accounting identity');
 });
+
+t.test('an expired retry is dead-lettered even when a younger due retry is ahead of it', async (t) => {
+  // A long backoff puts offset 2's next attempt at its max_age; offset 3 hangs in the only slot.
+  const h = await Harness.open(target({ concurrency: 1, retry: { base: 20_000, max: 60_000, max_age: MAX_AGE, permanent: [400] } }));
+  t.teardown(() => h.close());
+  await h.append(3);
+  await h.start();
+  h.sink.open()[0]!.answer(400); // offset 1: a dead letter
+  await settle();
+  h.sink.open()[0]!.answer(503); // offset 2: retrying, due at its max_age
+  await settle();
+  t.same(h.sink.open().map((c) => c.env.offset), [3], 'offset 3 in flight, never answered');
+  await h.tick(MAX_AGE - 3000);
+  t.equal(await h.replayDead(), 1, 'offset 1 replayed: due now (ahead of offset 2), young again, waiting for the slot');
+  await h.tick(3000);
+  await h.commit();
+  const dead = h.log.delivery.deadLetters('api', 0, 10);
+  t.same(dead.map((d) => d.offset), [2], 'offset 2 is a dead letter at its max_age');
+  t.match(dead[0]?.held.error ?? '', /older than retry\.max_age \(10 s\) after 1 attempts/);
+  t.equal(h.consumer.status().retrying, 1, 'offset 1 still waits');
+  const f = h.figures();
+  t.equal(f.accepted, f.delivered + f.dead + f.purged + f.lag, 'accounting identity');
+});
