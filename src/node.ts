@@ -10,6 +10,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from './config/schema';
+import { formatBytes } from './config/units';
 import { Delivery } from './delivery/delivery';
 import { AdminServer } from './http/admin';
 import { IngestServer } from './http/ingest';
@@ -27,6 +28,9 @@ export const DELIVERY_STOP_GRACE_MS = 5_000;
 export const HOUSEKEEPING_INTERVAL_MS = 5_000;
 /** A stuck writer (see Log.checkStall) is looked for this often, also while stopping. */
 export const STALL_CHECK_INTERVAL_MS = 1_000;
+
+/** Who holds the log is computed at most this often (it is asked per refused request). */
+const HOLDERS_CACHE_MS = 250;
 
 /** In log.dir: the pid and the ports this node listens on. */
 export const RUNTIME_FILE = 'crowd.runtime.json';
@@ -54,6 +58,9 @@ export class CrowdNode {
   private housekeepingRun: Promise<void> | null = null;
   /** Checks for a stuck writer, from start until the log is closed (also while draining). */
   private stallTimer: NodeJS.Timeout | null = null;
+  /** Who holds the log (computed at most every HOLDERS_CACHE_MS), and what the last log line said. */
+  private held: { at: number; names: string[]; text: string } | null = null;
+  private reportedFull: string | null = null;
 
   private constructor(opts: NodeOptions) {
     this.opts = opts;
@@ -102,12 +109,27 @@ export class CrowdNode {
     this.delivery = delivery;
     // Before ingest starts: every acknowledgement after this point is counted per target.
     await delivery.start();
-    const ingest = new IngestServer({ uws: loadNativeUws(), config, log, metrics: this.metrics, logger, accepted: (route) => delivery.accepted(route) });
+    const ingest = new IngestServer({
+      uws: loadNativeUws(),
+      config,
+      log,
+      metrics: this.metrics,
+      logger,
+      accepted: (route) => delivery.accepted(route),
+      refusalText: (r) => (r === 'max_bytes' ? this.fullText() : undefined),
+    });
     this.ingest = ingest;
     const port = await ingest.start();
     this.housekeeping = setInterval(() => this.houseKeep(), Math.min(HOUSEKEEPING_INTERVAL_MS, Math.max(1000, config.log.retention)));
     this.housekeeping.unref();
-    this.stallTimer = setInterval(() => log.checkStall(), STALL_CHECK_INTERVAL_MS);
+    this.stallTimer = setInterval(() => {
+      log.checkStall();
+      if (this.state !== 'ready') return;
+      this.reportFull();
+      // Over the quota, retention runs now rather than at the next housekeeping turn (a
+      // target's max_lag_bytes may have just let it free space).
+      if (log.refusal() === 'max_bytes') this.houseKeep();
+    }, STALL_CHECK_INTERVAL_MS);
     this.stallTimer.unref();
     // Where a local CLI finds this node when the config says port 0 (a port picked at start).
     writeFileSync(join(config.log.dir, RUNTIME_FILE), JSON.stringify({ pid: process.pid, port, admin_port: adminPort, started_at: new Date().toISOString() }) + '\n');
@@ -190,10 +212,55 @@ export class CrowdNode {
     logger.info({ event: 'stopped', last_offset: s?.last_offset }, 'stopped');
   }
 
+  /** The targets holding the log and a sentence saying so (cached briefly: asked per refused request). */
+  private holders(): { names: string[]; text: string } {
+    const now = Date.now();
+    if (this.held && now - this.held.at < HOLDERS_CACHE_MS) return this.held;
+    const { config } = this.opts;
+    const list = this.delivery?.holders() ?? [];
+    let text: string;
+    if (config.targets.length === 0) text = 'no targets are configured, so nothing is removed from it';
+    else if (list.length === 0) text = 'every target is caught up; retention frees it shortly';
+    else {
+      const one = (s: (typeof list)[number]) =>
+        `${s.name} (at offset ${s.committed_offset}, ${s.lag} requests not delivered, state ${s.state}${s.last_error ? `, last error: ${s.last_error.message}` : ''})`;
+      text = `held by target${list.length > 1 ? 's' : ''} ${list.map(one).join(', ')}: retention cannot remove what ${list.length > 1 ? 'they have' : 'it has'} not delivered (targets[].max_lag_bytes moves a target's oldest entries to its dead letters instead)`;
+    }
+    this.held = { at: now, names: list.map((s) => s.name), text };
+    return this.held;
+  }
+
+  /** The 503 text while the log is over log.max_bytes. */
+  private fullText(): string {
+    this.reportFull();
+    return `the log is over log.max_bytes (${formatBytes(this.opts.config.log.max_bytes)}); ${this.holders().text}; retry later`;
+  }
+
+  /** A warn line when the log becomes full (or its holders change), an info line when it is not any more. */
+  private reportFull(): void {
+    const { logger, config } = this.opts;
+    const full = this.log?.refusal() === 'max_bytes';
+    if (!full) {
+      if (this.reportedFull !== null) {
+        this.reportedFull = null;
+        logger.info({ event: 'log_not_full' }, 'the log is below log.max_bytes again: ingest accepts requests');
+      }
+      return;
+    }
+    const h = this.holders();
+    const key = h.names.join(',');
+    if (this.reportedFull === key) return;
+    this.reportedFull = key;
+    logger.warn(
+      { event: 'log_full', held_by: h.names, bytes: this.log?.stats().bytes, max_bytes: config.log.max_bytes },
+      `the log is over log.max_bytes (${formatBytes(config.log.max_bytes)}): every route gets 503; ${h.text}`,
+    );
+  }
+
   private notReady(): string | null {
     if (this.state !== 'ready') return this.state;
     const refusal = this.log?.refusal();
-    if (refusal === 'max_bytes') return 'over log.max_bytes';
+    if (refusal === 'max_bytes') return `over log.max_bytes; ${this.holders().text}`;
     if (refusal) return refusal;
     return null;
   }
@@ -208,7 +275,14 @@ export class CrowdNode {
       ready: this.notReady() === null,
       ingest: { host: config.server.host, port: this.ingest?.port ?? null },
       log: s
-        ? { dir: config.log.dir, ...s, max_bytes: config.log.max_bytes, max_pending_writes: config.log.max_pending_writes }
+        ? {
+            dir: config.log.dir,
+            ...s,
+            max_bytes: config.log.max_bytes,
+            max_pending_writes: config.log.max_pending_writes,
+            over_max_bytes: this.log?.refusal() === 'max_bytes',
+            held_by: this.holders().names,
+          }
         : { dir: config.log.dir },
       targets: this.delivery?.status() ?? [],
       peers: config.cluster.peers.map((url) => ({ url, state: 'not_replicating' })),

@@ -32,6 +32,7 @@ export async function dlqPurge({ config }: LoadedConfig, o: { target: string; of
 
 export async function replay({ config }: LoadedConfig, o: { target: string; from?: number; since?: string }): Promise<void> {
   const q = o.from !== undefined ? `from=${o.from}` : `since=${encodeURIComponent(o.since ?? '')}`;
-  const r = (await adminGet(config, `${target(o.target)}/replay?${q}`, 'POST')) as { from: number; previous: number };
-  process.stdout.write(`target ${o.target}: rewound to offset ${r.from} (was at ${r.previous})\n`);
+  const r = (await adminGet(config, `${target(o.target)}/replay?${q}`, 'POST')) as { from: number; previous: number; message?: string };
+  if (r.message) process.stdout.write(`${r.message}\n`);
+  else process.stdout.write(`target ${o.target}: rewound to offset ${r.from} (was at ${r.previous})\n`);
 }

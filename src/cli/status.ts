@@ -54,7 +54,7 @@ interface StatusJson {
   state: string;
   ready: boolean;
   ingest: { host: string; port: number | null };
-  log: { dir: string; first_offset?: number; last_offset?: number; durable_offset?: number; bytes?: number; max_bytes?: number; pending_writes?: number };
+  log: { dir: string; first_offset?: number; last_offset?: number; durable_offset?: number; bytes?: number; max_bytes?: number; pending_writes?: number; over_max_bytes?: boolean; held_by?: string[] };
   targets: { name: string; url: string; offset: number; lag: number; state: string; in_flight: number; retrying: number; dead_letters: number; delivered: number; last_error: { at: string; status: number | null; message: string } | null; next_attempt_at: string | null }[];
   peers: { url: string; state: string }[];
 }
@@ -71,7 +71,7 @@ export async function statusCommand({ config }: LoadedConfig, asJson: boolean): 
     `ingest    ${s.ingest.host}:${s.ingest.port}`,
     `log       ${s.log.dir}`,
     `  offsets first ${s.log.first_offset}  last ${s.log.last_offset}  durable ${s.log.durable_offset}`,
-    `  bytes   ${s.log.bytes} of ${s.log.max_bytes}  pending writes ${s.log.pending_writes}`,
+    `  bytes   ${s.log.bytes} of ${s.log.max_bytes}  pending writes ${s.log.pending_writes}${s.log.over_max_bytes ? `  FULL (503), held by ${s.log.held_by?.length ? s.log.held_by.join(', ') : 'no target'}` : ''}`,
     `targets   ${s.targets.length === 0 ? '(none)' : ''}`,
     ...s.targets.flatMap((t) => [
       `  ${t.name.padEnd(20)} ${t.state}${t.next_attempt_at ? ` (next attempt ${t.next_attempt_at})` : ''}  ${t.url}`,

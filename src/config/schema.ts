@@ -150,13 +150,18 @@ export const SCHEMA: Record<string, Spec> = {
         min_bytes: 64 * 1024,
         max_bytes: 64 * 1024 ** 3,
       },
+      max_lag_bytes: {
+        kind: 'size',
+        doc: 'Bytes of the log this target may hold back from retention (the records after its offset); past it, its oldest undelivered entries go to its dead-letter store instead of filling the log and stopping ingest for every route. 0: off.',
+        default: 0,
+      },
       retry: {
         kind: 'table',
         doc: 'Retry policy.',
         fields: {
           base: { kind: 'duration', doc: 'First backoff step (full jitter).', default: '200ms', min_ms: 1, max_ms: 86_400_000 },
           max: { kind: 'duration', doc: 'Largest backoff step; also the probe interval of a paused target.', default: '60s', min_ms: 1, max_ms: 86_400_000 },
-          max_age: { kind: 'duration', doc: 'Requests older than this go to the dead-letter store.', default: '72h', min_ms: 1 },
+          max_age: { kind: 'duration', doc: 'Requests older than this (from their receipt, or their replay from the dead letters) go to the dead-letter store unsent, whether they were attempted or not.', default: '72h', min_ms: 1 },
           permanent: {
             kind: 'list',
             doc: 'Upstream statuses that dead-letter a request at once (no retry).',
@@ -212,6 +217,8 @@ export interface TargetConfig {
   readonly ordered: boolean;
   /** Bytes of envelopes held in memory for this target. */
   readonly max_read_ahead_bytes: number;
+  /** Bytes of the log this target may hold back; 0: no bound. */
+  readonly max_lag_bytes: number;
   /** Durations in milliseconds. */
   readonly retry: { readonly base: number; readonly max: number; readonly max_age: number; readonly permanent: readonly number[] };
 }

@@ -73,3 +73,14 @@ export function describe(value: unknown): string {
   if (typeof value === 'string') return `the string "${value}"`;
   return `${typeof value} ${String(value)}`;
 }
+
+/** A size for people: "256 KiB", "1 MiB", "1.5 GiB", "512 B". */
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${Number.isInteger(n) ? n : n.toFixed(1)} ${units[i]}`;
+}

@@ -9,7 +9,8 @@
  *   passes it, it is parked (a retry record with its envelope and attempt count, written in
  *   the commit that moves the offset), so it never holds back the others, unless the target
  *   is `ordered`: then nothing after it is sent until it is delivered or dead-lettered.
- * - A permanent failure, or a request older than `retry.max_age`, becomes a dead letter,
+ * - A permanent failure, or a request older than `retry.max_age` (attempted or not: it is
+ *   not sent then, whatever holds sending back), becomes a dead letter,
  *   written in the commit that moves the offset past it.
  * - 401/403 and 3xx pause the target: nothing is dead-lettered; one probe per `retry.max`.
  * - Offsets are committed in batches (the delivery manager writes every consumer's changes
@@ -24,7 +25,8 @@
 import type { TargetConfig } from '../config/schema';
 import { decodeEnvelope, reencodeEnvelope, type Envelope } from '../log/codec';
 import type { ConsumerCommit, Held, HeldEntry } from '../log/delivery-store';
-import type { Log } from '../log/log';
+import type { LagMeter, Log } from '../log/log';
+import { formatBytes } from '../config/units';
 import type { Logger } from '../observability/logger';
 import { newItem, envelopeBytes, type Item } from './item';
 import { Ledger, invariant } from './ledger';
@@ -39,6 +41,10 @@ export type { Item } from './item';
 
 /** Passed entries not yet committed that make the consumer ask for a commit now. */
 const COMMIT_EARLY = WINDOW_MAX / 4;
+/** At most one log line about new dead letters per target this often. */
+export const DEAD_REPORT_MS = 10_000;
+/** An attempt's error that says the TLS handshake or the certificate failed. */
+const TLS_ERROR = /CERT|ERR_TLS|ERR_SSL|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|certificate|\b(tls|ssl)\b/i;
 
 export type TargetState = 'starting' | 'ok' | 'backoff' | 'circuit-open' | 'paused' | 'stopped';
 
@@ -117,6 +123,9 @@ export class Consumer {
   private parkInCommit: readonly HeldEntry[] = [];
   /** Dead letters of the commit being written: not in `dead` any more, not readable from the store yet. */
   private deadInCommit: readonly HeldEntry[] = [];
+  /** Envelope bytes of `dead` and of `deadInCommit`: bounded by the target's max_read_ahead_bytes. */
+  private deadBytes = 0;
+  private deadInCommitBytes = 0;
 
   // Accounting: accepted = delivered + dead + purged + lag, at every moment.
   accepted = 0;
@@ -130,6 +139,24 @@ export class Consumer {
   private lastError: { at: number; status: number | null; message: string; offset: number } | null = null;
   private pumpQueued = false;
   private idleWaiters: (() => void)[] = [];
+
+  // Log lines about trouble: once per change, not per attempt.
+  /** The state the last line reported (or the state at start). */
+  private reportedState: TargetState = 'ok';
+  /** Dead letters not reported yet, and when the last report was. */
+  private deadUnreported = 0;
+  private deadLastError = '';
+  private deadReportedAt = -Infinity;
+  private deadFirstAt = 0;
+  private deadTimer: NodeJS.Timeout | null = null;
+  // targets[].max_lag_bytes: entries of the main line up to `lagCut` (and from `lagFrom`, the
+  // position before the last rewind) go to the dead letters unsent.
+  private meter: LagMeter | null = null;
+  private lagCut = 0;
+  private lagFrom = 0;
+
+  /** The TLS failure reported last (until an attempt gets an answer). */
+  private tlsReported: string | null = null;
 
   constructor(deps: ConsumerDeps) {
     this.d = deps;
@@ -156,6 +183,7 @@ export class Consumer {
     });
     this.lines = {
       peekRetry: () => this.retry.peek(this.gen),
+      peekExpiredRetry: (now) => this.retry.peekExpired(now, this.gen, (i) => this.expiresAt(i)),
       peekMain: () => this.main.peek(this.committedOffset, this.retry.size),
       mainHeld: () => this.t.ordered && this.retry.size > 0,
       canHold: (item) => item.env !== null || this.room() > 0,
@@ -164,6 +192,8 @@ export class Consumer {
         else this.main.take();
         this.send(item, now);
       },
+      expiresAt: (item) => this.expiresAt(item),
+      expire: (item, fromRetry, now) => this.expire(item, fromRetry, now),
     };
   }
 
@@ -317,6 +347,77 @@ export class Consumer {
   pump(): void {
     if (this.state !== 'running') return;
     this.pumper.run(this.lines);
+    this.reportState();
+    this.reportDead();
+  }
+
+  // --- Log lines about trouble --------------------------------------------------------------
+
+  /** One line per state change (backoff, circuit-open, recovered); paused has its own lines. */
+  private reportState(): void {
+    const state = this.targetState();
+    const was = this.reportedState;
+    if (state === was || state === 'starting' || state === 'stopped') return;
+    this.reportedState = state;
+    if (state === 'paused' || was === 'paused') return; // target_paused / target_resumed
+    const last = this.lastError ? `; last: ${this.lastError.message}` : '';
+    const fields = { event: 'target_state', target: this.name, state, previous: was, retrying: this.retry.size, lag: this.lag() };
+    if (state === 'circuit-open') {
+      this.d.logger.warn(fields, `target ${this.name}: circuit open after ${this.pumper.breaker.failures} failed attempts in a row${last}; one probe per backoff step (at most ${Math.round(this.t.retry.max / 1000)} s)`);
+    } else if (state === 'backoff') {
+      this.d.logger.info(fields, `target ${this.name}: backing off (${this.retry.size} requests waiting for a retry)${last}`);
+    } else {
+      this.d.logger.info(fields, `target ${this.name} recovered (was ${was}); lag ${this.lag()}`);
+    }
+  }
+
+  /**
+   * Counts a new dead letter. The line comes at the end of the turn (so that one line covers
+   * a burst) and at most once per DEAD_REPORT_MS, with the count since the last line.
+   */
+  private noteDead(error: string): void {
+    if (this.deadUnreported === 0) this.deadFirstAt = this.now();
+    this.deadUnreported++;
+    this.deadLastError = error;
+    this.armDeadReport();
+  }
+
+  private armDeadReport(): void {
+    if (this.deadTimer !== null || this.state === 'stopped') return;
+    const wait = Math.max(0, Math.min(DEAD_REPORT_MS, this.deadReportedAt + DEAD_REPORT_MS - this.now()));
+    this.deadTimer = setTimeout(() => {
+      this.deadTimer = null;
+      this.reportDead(true);
+    }, wait);
+    this.deadTimer.unref();
+  }
+
+  /** Reports the dead letters counted since the last line, if it is time (`timer`: the end of their turn has passed). */
+  private reportDead(timer = false): void {
+    if (this.deadUnreported === 0) return;
+    const now = this.now();
+    if (now < this.deadReportedAt + DEAD_REPORT_MS || (!timer && now <= this.deadFirstAt)) {
+      this.armDeadReport();
+      return;
+    }
+    const count = this.deadUnreported;
+    this.deadUnreported = 0;
+    this.deadReportedAt = now;
+    this.d.logger.warn(
+      { event: 'dead_letters', target: this.name, count, total: this.deadCount },
+      `target ${this.name}: ${count} new dead letters (${this.deadCount} in the store); last: ${this.deadLastError} (crowd dlq list --target ${this.name})`,
+    );
+  }
+
+  /** One line per TLS failure (again only after an attempt got an answer, or the error changed). */
+  private reportTls(r: AttemptResult): void {
+    if (r.status !== null) {
+      this.tlsReported = null;
+      return;
+    }
+    if (!TLS_ERROR.test(r.error) || this.tlsReported === r.error) return;
+    this.tlsReported = r.error;
+    this.d.logger.error({ event: 'target_tls_failed', target: this.name, url: this.t.url, error: r.error }, `target ${this.name}: TLS failure: ${r.error} (${this.t.url}); requests are retried`);
   }
 
   // --- Attempts -----------------------------------------------------------------------------
@@ -343,6 +444,61 @@ export class Consumer {
       (r) => this.finished(item, r, gen, started),
       (err: Error) => this.finished(item, { status: null, retryAfter: null, error: `sink failed: ${err.message}`, timedOut: false, unsendable: false }, gen, started),
     );
+  }
+
+  // --- retry.max_age and max_lag_bytes: dead letters without an attempt --------------------
+
+  /**
+   * targets[].max_lag_bytes: measures the bytes of the log after this target's position; the
+   * entries before the cut (the oldest beyond the bound) are dead-lettered by the pump.
+   */
+  checkLag(): void {
+    if (this.t.max_lag_bytes <= 0 || this.state !== 'running') return;
+    this.meter ??= this.d.log.lagMeter(this.committedOffset);
+    const cut = this.d.log.measureLag(this.meter, this.t.max_lag_bytes);
+    if (cut <= this.lagCut) return;
+    this.lagCut = cut;
+    if (cut >= this.main.head) this.pump();
+  }
+
+  /** An entry of the main line the target holds beyond targets[].max_lag_bytes. */
+  private overLag(item: Item): boolean {
+    return item.inWindow && item.offset <= this.lagCut && item.offset >= this.lagFrom;
+  }
+
+  /** When `item` becomes older than retry.max_age (from its receipt, or its replay from the dead letters). */
+  private expiresAt(item: Item): number {
+    if (this.overLag(item)) return -Infinity;
+    if (item.parked && !item.loaded && this.reload(item) === null) return Infinity; // gone: `send` counts it
+    return Math.max(item.received_at, item.replayedAt) + this.t.retry.max_age;
+  }
+
+  /** Dead letters waiting for a commit hold this many envelope bytes at most (then the commit comes first). */
+  private deadRoom(): boolean {
+    if (this.deadBytes + this.deadInCommitBytes < this.t.max_read_ahead_bytes) return true;
+    this.d.events.commitSoon();
+    return false;
+  }
+
+  /** An entry older than retry.max_age, attempted or not, becomes a dead letter without being sent. */
+  private expire(item: Item, fromRetry: boolean, now: number): boolean {
+    if (!this.deadRoom()) return false;
+    // A retry leaves its line through toDead (its heap entries are dropped as stale).
+    if (!fromRetry) this.main.take();
+    if (item.env !== null) this.release(item);
+    const why = this.overLag(item)
+      ? `over targets[].max_lag_bytes (${formatBytes(this.t.max_lag_bytes)}): the oldest entry this target held back in the log`
+      : `older than retry.max_age (${Math.round(this.t.retry.max_age / 1000)} s)`;
+    item.error = item.attempts === 0 ? `${why}: never attempted` : `${why} after ${item.attempts} attempts; last: ${item.error}`;
+    this.toDead(item, now);
+    if (item.inWindow) this.advance();
+    this.check();
+    return true;
+  }
+
+  private pushDead(entry: HeldEntry): void {
+    this.dead.push(entry);
+    this.deadBytes += entry.held.envelope.byteLength;
   }
 
   /** A request whose envelope is gone (its retry record was removed): counted as purged. */
@@ -375,6 +531,7 @@ export class Consumer {
     }
     item.status = r.status ?? 0;
     item.error = r.error;
+    this.reportTls(r);
     if (verdict !== 'delivered') this.lastError = { at: now, status: r.status, message: r.error, offset: item.offset };
     const b = this.pumper.breaker;
     switch (verdict) {
@@ -431,21 +588,24 @@ export class Consumer {
 
   private toRetry(item: Item, due: number): void {
     item.state = 'waiting';
-    item.due = due;
-    this.retry.wait(item);
+    // Due at the latest when it becomes older than retry.max_age: then it is dead-lettered unsent.
+    const expires = Math.max(item.received_at, item.replayedAt) + this.t.retry.max_age;
+    item.due = Math.min(due, expires);
+    this.retry.wait(item, expires);
     // A parked request's record gets its new attempt count (the envelope comes from the old record).
-    if (item.parked) this.parkRecord(item, due);
+    if (item.parked) this.parkRecord(item, item.due);
   }
 
   private toDead(item: Item, now: number): void {
     item.state = 'dead';
     item.due = now;
     this.deadCount++;
+    this.noteDead(item.error);
     this.retry.remove(item);
     if (!item.inWindow) {
       // Parked: the offset passed it long ago; move it from the retries to the dead letters.
       const env = this.reload(item);
-      if (env) this.dead.push({ offset: item.offset, held: this.heldOf(item, env, now) });
+      if (env) this.pushDead({ offset: item.offset, held: this.heldOf(item, env, now) });
       if (item.parked) this.unpark.push(item.offset);
       this.leaveRetry(item, 'dead');
     }
@@ -478,19 +638,21 @@ export class Consumer {
     if (this.main.head - 1 - this.committedOffset >= COMMIT_EARLY) this.d.events.commitSoon();
   }
 
-  private readonly passed = (s: Item): void => {
+  private readonly passed = (s: Item): boolean => {
     if (s.state === 'waiting') {
       // Read from the log before the window releases it: the record holds the envelope.
       this.parkRecord(s, s.due);
       if (s.parked) this.ledger.move(s.offset, 'window', 'retry');
     } else if (s.state === 'dead') {
+      if (!this.deadRoom()) return false;
       const env = this.reload(s);
       invariant(env !== null, () => `target ${this.name}: the dead letter at offset ${s.offset} is not in the log`);
-      this.dead.push({ offset: s.offset, held: this.heldOf(s, env, s.due) });
+      this.pushDead({ offset: s.offset, held: this.heldOf(s, env, s.due) });
       this.ledger.move(s.offset, 'window', undefined);
     } else {
       this.ledger.move(s.offset, 'window', undefined);
     }
+    return true;
   };
 
   /** accepted = delivered + dead + purged + lag with lag >= 0; committed <= passed < read <= durable + 1. */
@@ -512,6 +674,8 @@ export class Consumer {
     const p: PendingCommit = { commit, gen: this.gen };
     this.parkInCommit = this.park;
     this.deadInCommit = this.dead;
+    this.deadInCommitBytes = this.deadBytes;
+    this.deadBytes = 0;
     this.park = [];
     this.unpark = [];
     this.dead = [];
@@ -522,7 +686,12 @@ export class Consumer {
   committed(p: PendingCommit): void {
     if (p.commit.offset !== undefined && p.gen === this.gen) this.committedOffset = Math.min(this.main.head - 1, Math.max(this.committedOffset, p.commit.offset));
     if (this.parkInCommit === p.commit.park) this.parkInCommit = [];
-    if (this.deadInCommit === p.commit.dead) this.deadInCommit = [];
+    if (this.deadInCommit === p.commit.dead) {
+      this.deadInCommit = [];
+      this.deadInCommitBytes = 0;
+    }
+    // Dead letters held back by their byte bound can be passed now.
+    if (this.state === 'running') this.advance();
     this.check();
     this.pump();
   }
@@ -607,6 +776,8 @@ export class Consumer {
       this.accepted += resent;
       this.main.reset(from);
       this.committedOffset = from - 1;
+      // What the rewind sends again is not dead-lettered by max_lag_bytes.
+      this.lagFrom = Math.max(this.lagFrom, previous);
       this.park = this.park.filter((p) => this.retry.has(p.offset));
       this.check();
       await persist(from - 1);
@@ -617,6 +788,12 @@ export class Consumer {
       if (this.state === 'rewinding') this.state = 'running';
       this.pump();
     }
+  }
+
+  /** The first offset the main line has not passed. */
+  position(): number {
+    if (this.state === 'running') this.advance();
+    return this.main.head;
   }
 
   /** Dead letters moved back into the retry line (by `crowd dlq replay`). */
@@ -641,7 +818,8 @@ export class Consumer {
     item.inWindow = false;
     item.parked = true;
     item.loaded = false;
-    this.retry.wait(item);
+    // Its record's due time is at most its max_age (a lower bound until the record is loaded).
+    this.retry.wait(item, r.due);
   }
 
   purgedSome(n: number): void {
@@ -694,6 +872,8 @@ export class Consumer {
     const wasRunning = this.state === 'running' || this.state === 'rewinding';
     this.state = 'stopped';
     this.pumper.stop();
+    if (this.deadTimer) clearTimeout(this.deadTimer);
+    this.deadTimer = null;
     if (wasRunning) await this.waitIdle(graceMs);
     // Finished entries passed meanwhile go into the last commit.
     this.advance();

@@ -83,7 +83,15 @@ export class Delivery {
     this.deps.log.onDurable(() => {
       for (const c of this.consumers.values()) c.notify();
     });
-    this.timer = setInterval(() => this.commitSoon(), COMMIT_INTERVAL_MS);
+    this.timer = setInterval(() => {
+      try {
+        for (const c of this.consumers.values()) c.checkLag();
+      } catch (err) {
+        this.fail(err instanceof Error ? err : new Error(String(err)));
+        return;
+      }
+      this.commitSoon();
+    }, COMMIT_INTERVAL_MS);
     this.timer.unref();
     for (const { c, backlog } of inits) {
       c.start(backlog).catch((err: Error) => {
@@ -200,12 +208,21 @@ export class Delivery {
   }
 
   /** Rewinds a target to an offset, or to the first entry received at or after `sinceMs`. */
-  async rewind(target: string, at: { from?: number; sinceMs?: number }): Promise<{ target: string; from: number; previous: number }> {
+  async rewind(target: string, at: { from?: number; sinceMs?: number }): Promise<{ target: string; from: number; previous: number; resent: number; message?: string }> {
     const c = this.consumer(target);
     let from: number;
     if (at.from !== undefined) from = at.from;
-    else if (at.sinceMs !== undefined) from = this.deps.log.offsetAtTime(Date.now() - at.sinceMs);
-    else throw new CrowdError('CROWD_ERR_REPLAY', 'replay needs --from OFFSET or --since DURATION');
+    else if (at.sinceMs !== undefined) {
+      from = this.deps.log.offsetAtTime(Date.now() - at.sinceMs);
+      // A target that lags behind the window's start has sent nothing of it yet: nothing to
+      // rewind (an explicit --from past the position is still refused: it asks to skip).
+      const position = c.position();
+      if (from > position) {
+        const message = `target ${target} has not reached that point yet (it is at offset ${position}; the window starts at offset ${from}): nothing to rewind, 0 requests resent`;
+        this.deps.logger.info({ event: 'target_rewind_clamped', target, from, position }, message);
+        return { target, from: position, previous: position, resent: 0, message };
+      }
+    } else throw new CrowdError('CROWD_ERR_REPLAY', 'replay needs --from OFFSET or --since DURATION');
     try {
       const r = await c.rewind(from, (offset) =>
         this.serial(async () => {
@@ -218,6 +235,18 @@ export class Delivery {
       if (err instanceof CrowdError) throw err;
       throw new CrowdError('CROWD_ERR_REPLAY', (err as Error).message);
     }
+  }
+
+  /**
+   * The targets whose unfinished entries keep retention from freeing the log: those at the
+   * lowest committed offset, with entries after it (the slowest consumers). Empty when every
+   * target is caught up (or none is configured).
+   */
+  holders(): ConsumerStatus[] {
+    const all = this.status();
+    const durable = this.deps.log.durableOffset();
+    const lowest = Math.min(...all.map((s) => s.committed_offset));
+    return all.filter((s) => s.committed_offset === lowest && lowest < durable);
   }
 
   resume(target: string): boolean {

@@ -25,10 +25,12 @@ export interface Item {
   /** Its metadata (received_at, attempts, ...) was loaded from the retry record. */
   loaded: boolean;
   gen: number;
+  /** The key it is queued under in the retry line's expiry order (0: not queued). */
+  expiryKey: number;
 }
 
 export function newItem(offset: number, env: Envelope | null, receivedAt: number, gen: number): Item {
-  return { offset, env, bytes: 0, received_at: receivedAt, replayedAt: 0, attempts: 0, due: 0, status: 0, error: '', firstAttemptAt: 0, state: 'pending', inWindow: true, parked: false, loaded: env !== null, gen };
+  return { offset, env, bytes: 0, received_at: receivedAt, replayedAt: 0, attempts: 0, due: 0, status: 0, error: '', firstAttemptAt: 0, state: 'pending', inWindow: true, parked: false, loaded: env !== null, gen, expiryKey: 0 };
 }
 
 /** What an envelope costs in memory, roughly: its body plus headers and bookkeeping. */

@@ -16,6 +16,8 @@ const TIMER_MAX_MS = 2 ** 31 - 1;
 export interface PumpLines {
   /** The retry due first (or null). */
   peekRetry(): Item | null;
+  /** A retry past retry.max_age at `now` (or null), wherever it is in the due order. */
+  peekExpiredRetry(now: number): Item | null;
   /** The main line's next entry (or null); not asked while `ordered` retries wait. */
   peekMain(): Item | null;
   /** True when strict order holds the main line back (a retry is waiting). */
@@ -24,6 +26,13 @@ export interface PumpLines {
   canHold(item: Item): boolean;
   /** Takes `item` off its line and sends it. */
   send(item: Item, fromRetry: boolean, now: number): void;
+  /** When `item` becomes older than `retry.max_age` (Infinity: unknown until it is loaded). */
+  expiresAt(item: Item): number;
+  /**
+   * Takes `item` (older than `retry.max_age`) off its line and dead-letters it unsent; false
+   * (and nothing taken) while the dead letters not yet committed fill their byte bound.
+   */
+  expire(item: Item, fromRetry: boolean, now: number): boolean;
 }
 
 export class Pump {
@@ -46,13 +55,10 @@ export class Pump {
   }
 
   run(lines: PumpLines): void {
-    let wakeAt = Infinity;
-    while (this.inFlight < this.concurrency) {
+    let wakeAt = this.expireFirst(lines);
+    if (wakeAt === -Infinity) return; // the commit of the dead letters wakes the pump
+    for (;;) {
       const now = this.now();
-      if (now < this.holdUntil) {
-        wakeAt = this.holdUntil;
-        break;
-      }
       let item: Item | null = null;
       let fromRetry = false;
       const top = lines.peekRetry();
@@ -65,13 +71,29 @@ export class Pump {
         item = lines.peekMain();
       }
       if (item === null) break;
+      // retry.max_age holds for every entry, attempted or not: an entry past it becomes a
+      // dead letter unsent, whatever holds the sending back (concurrency, breaker, hold, rate).
+      const expires = lines.expiresAt(item);
+      if (expires <= now) {
+        if (lines.expire(item, fromRetry, now)) continue;
+        break; // the commit of the dead letters wakes the pump
+      }
+      wakeAt = Math.min(wakeAt, expires);
+      if (this.inFlight >= this.concurrency) break; // an answer wakes the pump
+      if (now < this.holdUntil) {
+        wakeAt = Math.min(wakeAt, this.holdUntil);
+        break;
+      }
       // Bytes first: a request that cannot be held now waits for one in flight to finish. A
       // due retry that cannot be loaded lets main-line requests that hold their bytes go first,
       // and with nothing in flight (the budget is shared with other targets) the pump looks
       // again shortly, since no answer of its own will wake it.
       if (!lines.canHold(item)) {
         const main = fromRetry && !lines.mainHeld() ? lines.peekMain() : null;
-        if (main !== null && lines.canHold(main)) {
+        if (main !== null && lines.expiresAt(main) <= now) {
+          if (lines.expire(main, false, now)) continue;
+          break;
+        } else if (main !== null && lines.canHold(main)) {
           item = main;
           fromRetry = false;
         } else {
@@ -93,6 +115,29 @@ export class Pump {
       lines.send(item, fromRetry, now);
     }
     this.schedule(wakeAt);
+  }
+
+  /**
+   * Dead-letters the entries past retry.max_age (or the target's lag bound) at the front of
+   * both lines, whatever holds sending back: a due retry waiting for the breaker must not
+   * keep the main line's expired entries in place. Returns when the first entry left expires
+   * (-Infinity: stopped at the dead letters' byte bound).
+   */
+  private expireFirst(lines: PumpLines): number {
+    const now = this.now();
+    for (;;) {
+      const item = lines.peekExpiredRetry(now);
+      if (item === null) break;
+      if (!lines.expire(item, true, now)) return -Infinity;
+    }
+    if (lines.mainHeld()) return Infinity;
+    for (;;) {
+      const item = lines.peekMain();
+      if (item === null) return Infinity;
+      const at = lines.expiresAt(item);
+      if (at > now) return at;
+      if (!lines.expire(item, false, now)) return -Infinity;
+    }
   }
 
   /** True when the breaker lets a request through now (without taking the probe). */

@@ -149,17 +149,18 @@ export class MainLine {
 
   /**
    * Moves `head` over finished, dead and waiting entries; `passed` gets each item it passes
-   * (the consumer parks the waiting ones and writes the dead ones in the next commit).
+   * (the consumer parks the waiting ones and writes the dead ones in the next commit), and
+   * may answer false to stop there (the item stays in the window).
    */
-  advance(passed: (item: Item) => void): void {
+  advance(passed: (item: Item) => boolean): void {
     const slots = this.slots;
     let i = this.slotStart;
     while (i < slots.length) {
       const s = slots[i];
       if (s) {
         if (s.state === 'inflight' || s.state === 'pending') break;
+        if (!passed(s)) break; // not now (the dead letters waiting for a commit are at their byte bound)
         s.inWindow = false;
-        passed(s);
         slots[i] = null;
       }
       i++;

@@ -82,6 +82,8 @@ export interface IngestDeps {
   readonly accepted?: (route: string) => void;
   /** Where warnings about the descriptor limit go; default: a logger of its own on stdout. */
   readonly logger?: Logger;
+  /** The 503 text for a refusal, when the node has a more specific one (e.g. who holds the log). */
+  readonly refusalText?: (refusal: Refusal) => string | undefined;
 }
 
 /** Below this many open files crowd warns at start: each client connection takes one. */
@@ -389,7 +391,7 @@ export class IngestServer {
     const refusal = this.draining ? 'closed' : this.deps.log.refusal();
     if (refusal !== null) {
       this.finish(state);
-      this.reply(state.res, 503, errorBody(REFUSAL_TEXT[refusal]), state.route, ['Retry-After', this.retryAfter], this.draining);
+      this.reply(state.res, 503, errorBody(this.deps.refusalText?.(refusal) ?? REFUSAL_TEXT[refusal]), state.route, ['Retry-After', this.retryAfter], this.draining);
       return;
     }
     const receivedAt = Date.now();

@@ -51,6 +51,19 @@ export interface AppendWaiter {
 }
 export type Refusal = 'pending_writes' | 'max_bytes' | 'failed' | 'closed';
 
+/**
+ * Measures the bytes of the log's records after a cut (`measureLag`): the cut moves forward
+ * until at most a given number of bytes follow it. Record granularity.
+ */
+export interface LagMeter {
+  /** The last offset of the record before the measured ones. */
+  cut: number;
+  /** Bytes of the records in (cut, through]. */
+  bytes: number;
+  /** The last offset of the last record counted. */
+  through: number;
+}
+
 export interface LogStats {
   readonly first_offset: number;
   readonly last_offset: number;
@@ -138,6 +151,8 @@ export class Log {
   private removedThrough = 0;
   /** Offsets retention must keep (with everything after them), e.g. during a rewind. */
   private readonly pins = new Map<number, number>();
+  /** Lag meters that retention keeps up to date. */
+  private readonly meters = new Set<LagMeter>();
 
   private constructor(opts: LogOptions) {
     this.opts = opts;
@@ -556,6 +571,12 @@ export class Log {
             if (c.last > limit || this.closed) break;
             this.entries.remove(c.key);
             this.bytesDurable -= c.freed;
+            for (const m of this.meters) {
+              if (c.last <= m.cut) continue;
+              if (c.last <= m.through) m.bytes -= c.freed;
+              else m.through = c.last;
+              m.cut = c.last;
+            }
             lastRemoved = c.last;
             chunk += c.last - c.key + 1;
           }
@@ -570,6 +591,45 @@ export class Log {
       if (chunk === 0 || candidates.length < RETENTION_CHUNK) return removed;
     }
     return removed;
+  }
+
+  /** Starts measuring the bytes of the records after `offset` (the record holding offset + 1 counts whole). */
+  lagMeter(offset: number): LagMeter {
+    let start = offset + 1;
+    for (const key of this.entries.getKeys({ start: offset + 1, reverse: true, limit: 1 })) start = key;
+    const m: LagMeter = { cut: start - 1, bytes: 0, through: start - 1 };
+    this.meters.add(m);
+    return m;
+  }
+
+  /**
+   * Counts the records made durable since the last call (at most `scan` of them per call) and
+   * moves the cut forward until at most `max` bytes of records follow it. Returns the cut: the
+   * entries up to it are the oldest beyond `max`. Each record is read at most twice in all.
+   */
+  measureLag(m: LagMeter, max: number, scan = 10_000): number {
+    if (this.closed) return m.cut;
+    if (m.through < this.durable) {
+      let n = 0;
+      for (const { key, value } of this.entries.getRange({ start: m.through + 1, end: this.durable + 1, snapshot: false })) {
+        const count = recordCount(value);
+        m.bytes += value.length - 4 - 4 * count;
+        m.through = key + count - 1;
+        if (++n >= scan) break;
+      }
+    }
+    while (m.bytes > max) {
+      let moved = false;
+      for (const { key, value } of this.entries.getRange({ start: m.cut + 1, limit: 1 })) {
+        const count = recordCount(value);
+        if (key + count - 1 > m.through) break; // not counted yet
+        m.bytes -= value.length - 4 - 4 * count;
+        m.cut = key + count - 1;
+        moved = true;
+      }
+      if (!moved) break;
+    }
+    return m.cut;
   }
 
   /** The highest offset retention may remove given the pins (a pin keeps its offset and what follows). */

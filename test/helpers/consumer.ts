@@ -65,6 +65,7 @@ export function target(over: Partial<TargetConfig> = {}): TargetConfig {
     ordered: false,
     retry: { base: 100, max: 1000, max_age: 3_600_000, permanent: [400, 404, 405, 410, 413, 415, 422] },
     max_read_ahead_bytes: 16 * 1024 * 1024,
+    max_lag_bytes: 0,
     ...over,
   } as TargetConfig;
 }

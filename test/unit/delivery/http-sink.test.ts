@@ -51,7 +51,7 @@ t.test('upstreamHeaders', async (t) => {
 });
 
 t.test('request path: target path prefix, request path, both queries', async (t) => {
-  const base = { name: 'x', type: 'http' as const, concurrency: 1, rate: 0, timeout: 1000, ordered: false, max_read_ahead_bytes: 1 << 20, retry: { base: 1, max: 1, max_age: 1, permanent: [] } };
+  const base = { name: 'x', type: 'http' as const, concurrency: 1, rate: 0, timeout: 1000, ordered: false, max_read_ahead_bytes: 1 << 20,  max_lag_bytes: 0, retry: { base: 1, max: 1, max_age: 1, permanent: [] } };
   const cases: [string, Partial<Envelope>, string][] = [
     ['http://127.0.0.1:1', {}, '/leads/new?a=1&b=2'],
     ['http://127.0.0.1:1/', { query: '' }, '/leads/new'],
