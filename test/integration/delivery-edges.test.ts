@@ -95,6 +95,18 @@ t.test('an unsolicited 100 Continue before the 200 is accepted', async (t) => {
   t.equal((await targetStatus(crowd, 'api')).delivered, 8);
 });
 
+t.test('a 100 ended by a bare LF, then a 500 whose body looks like a 200: never delivered', async (t) => {
+  const body = 'HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n';
+  const { crowd } = await setup(t, (req) => {
+    req.conn.socket.write(`HTTP/1.1 100 Continue\n\nHTTP/1.1 500 Internal Server Error\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+  });
+  await post(crowd, 3, { parallel: 3 });
+  await sleep(1500);
+  const s = await targetStatus(crowd, 'api');
+  t.equal(s.delivered, 0, `nothing counts as delivered (${s.delivered})`);
+  t.equal(s.lag, 3, 'all three still owed');
+});
+
 t.test('answer headers over 16 KiB are read; far too large ones dead-letter, once', async (t) => {
   const big = 'x'.repeat(20 * 1024);
   const huge = 'x'.repeat(1024 * 1024 + 10);

@@ -17,7 +17,6 @@ import type { Duplex } from 'node:stream';
 /** Bytes of interim answers held while waiting for their end; past this, undici gets them as they are. */
 const MAX_INTERIM_BYTES = 16 * 1024;
 const PREFIX = Buffer.from('HTTP/1.');
-const HEAD_END = Buffer.from('\r\n\r\n');
 
 /** 'yes': `chunk` starts with a complete-enough `HTTP/1.x 100 ` line; 'more': cannot tell yet; 'no'. */
 function isContinue(chunk: Buffer): 'yes' | 'no' | 'more' {
@@ -31,6 +30,31 @@ function isContinue(chunk: Buffer): 'yes' | 'no' | 'more' {
     } else if (chunk[i] !== want) return 'no';
   }
   return n < 13 ? 'more' : 'yes';
+}
+
+/** interimEnd's answer when the block is not one crowd skips safely. */
+const UNSURE = -2;
+const HTTP_SLASH = Buffer.from('HTTP/');
+
+/**
+ * Where the interim answer at the start of `chunk` ends (the index after its blank line),
+ * -1 when more bytes are needed, or UNSURE: a bare LF, or a line starting with `HTTP/` before
+ * the blank line (the next answer's status line), in which case nothing is skipped and
+ * undici sees the bytes as they came. Only strict CRLF heads are skipped, so the real
+ * answer's status line is never mistaken for part of the interim one.
+ */
+function interimEnd(chunk: Buffer): number {
+  let pos = 0;
+  for (let line = 0; ; line++) {
+    const lf = chunk.indexOf(0x0a, pos);
+    if (lf < 0) return -1;
+    if (lf === pos || chunk[lf - 1] !== 0x0d) return UNSURE;
+    if (line > 0) {
+      if (lf - 1 === pos) return lf + 1; // the blank line
+      if (chunk.subarray(pos, pos + 5).equals(HTTP_SLASH)) return UNSURE;
+    }
+    pos = lf + 1;
+  }
 }
 
 /** Makes `socket` drop interim 100 answers for the HTTP/1.1 client that reads it (undici). */
@@ -56,15 +80,19 @@ export function dropInterimContinue(socket: Duplex): void {
         atStart = false;
         return chunk;
       }
-      const end = verdict === 'yes' ? chunk.indexOf(HEAD_END, 12) : -1;
+      const end = verdict === 'yes' ? interimEnd(chunk) : -1;
+      if (end === UNSURE) {
+        atStart = false; // not an interim answer crowd can skip safely: undici judges it
+        return chunk;
+      }
       if (end < 0) {
         if (chunk.length > MAX_INTERIM_BYTES) {
           atStart = false; // not an interim answer crowd can skip: undici judges it
           return chunk;
         }
         held = chunk; // wait for the rest
-      } else if (end + 4 < chunk.length) {
-        chunk = chunk.subarray(end + 4); // another interim answer, or the real one
+      } else if (end < chunk.length) {
+        chunk = chunk.subarray(end); // another interim answer, or the real one
         continue;
       }
       const next = read.call(this, size) as Buffer | null;
