@@ -154,6 +154,9 @@ export class Consumer {
   private meter: LagMeter | null = null;
   private lagCut = 0;
   private lagFrom = 0;
+  /** Entries below this offset are sent again by the rewind at `rewoundAt`: their max_age counts from it. */
+  private rewoundBelow = 0;
+  private rewoundAt = 0;
 
   /** The TLS failure reported last (until an attempt gets an answer). */
   private tlsReported: string | null = null;
@@ -180,6 +183,7 @@ export class Consumer {
       notify: () => this.notify(),
       afterRead: () => this.advance(),
       gen: () => this.gen,
+      resentAt: (offset) => (offset < this.rewoundBelow ? this.rewoundAt : 0),
     });
     this.lines = {
       peekRetry: () => this.retry.peek(this.gen),
@@ -466,11 +470,21 @@ export class Consumer {
     return item.inWindow && item.offset <= this.lagCut && item.offset >= this.lagFrom;
   }
 
-  /** When `item` becomes older than retry.max_age (from its receipt, or its replay from the dead letters). */
+  /**
+   * Where retry.max_age counts from: the entry's receipt, or its replay (from the dead
+   * letters, or by the rewind that reads it again: `crowd replay` of old entries resends
+   * them, it does not dead-letter them for their age; the main line sets it, and a retry
+   * record keeps it).
+   */
+  private ageFrom(item: Item): number {
+    return Math.max(item.received_at, item.replayedAt);
+  }
+
+  /** When `item` becomes older than retry.max_age (see ageFrom). */
   private expiresAt(item: Item): number {
     if (this.overLag(item)) return -Infinity;
     if (item.parked && !item.loaded && this.reload(item) === null) return Infinity; // gone: `send` counts it
-    return Math.max(item.received_at, item.replayedAt) + this.t.retry.max_age;
+    return this.ageFrom(item) + this.t.retry.max_age;
   }
 
   /** Dead letters waiting for a commit hold this many envelope bytes at most (then the commit comes first). */
@@ -571,7 +585,7 @@ export class Consumer {
           // A probe answered with Retry-After ends the probe; the next one waits that long.
           if (b.state === 'half-open') b.trip(this.pumper.holdUntil);
         }
-        if (now - Math.max(item.received_at, item.replayedAt) >= this.t.retry.max_age) {
+        if (now - this.ageFrom(item) >= this.t.retry.max_age) {
           item.error = `older than retry.max_age (${Math.round(this.t.retry.max_age / 1000)} s) after ${item.attempts} attempts; last: ${r.error}`;
           this.toDead(item, now);
           break;
@@ -589,7 +603,7 @@ export class Consumer {
   private toRetry(item: Item, due: number): void {
     item.state = 'waiting';
     // Due at the latest when it becomes older than retry.max_age: then it is dead-lettered unsent.
-    const expires = Math.max(item.received_at, item.replayedAt) + this.t.retry.max_age;
+    const expires = this.ageFrom(item) + this.t.retry.max_age;
     item.due = Math.min(due, expires);
     this.retry.wait(item, expires);
     // A parked request's record gets its new attempt count (the envelope comes from the old record).
@@ -776,8 +790,10 @@ export class Consumer {
       this.accepted += resent;
       this.main.reset(from);
       this.committedOffset = from - 1;
-      // What the rewind sends again is not dead-lettered by max_lag_bytes.
+      // What the rewind sends again is not dead-lettered by max_lag_bytes, nor for its age.
       this.lagFrom = Math.max(this.lagFrom, previous);
+      this.rewoundBelow = Math.max(this.rewoundBelow, previous);
+      this.rewoundAt = this.now();
       this.park = this.park.filter((p) => this.retry.has(p.offset));
       this.check();
       await persist(from - 1);

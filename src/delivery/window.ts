@@ -39,6 +39,8 @@ export interface MainLineDeps {
   hold(item: Item, env: Envelope, bytes: number): void;
   commitSoon(): void;
   notify(): void;
+  /** When a rewind sent `offset` again (its retry.max_age counts from then), or 0. */
+  resentAt(offset: number): number;
   /** The consumer's generation (changed by each rewind). */
   gen(): number;
   /** Entries were read: the consumer moves the head over those it does not send. */
@@ -131,6 +133,7 @@ export class MainLine {
         } else if (this.d.routes.has(e.route)) {
           this.d.ledger.move(e.offset, undefined, 'window');
           const item = newItem(e.offset, null, e.received_at, this.d.gen());
+          item.replayedAt = this.d.resentAt(e.offset);
           if (holding && bytes <= this.d.room()) this.d.hold(item, e, bytes);
           else holding = false;
           this.slots.push(item);

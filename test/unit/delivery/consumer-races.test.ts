@@ -75,6 +75,41 @@ t.test('a rewind while the commit holding a dead letter is being written: the ma
   identity(t, h, 'after the replay');
 });
 
+t.test('a rewind over entries older than retry.max_age sends them again instead of dead-lettering them', async (t) => {
+  const h = await Harness.open(target({ concurrency: 8, retry: { base: 100, max: 1000, max_age: 60_000, permanent: [422] } }));
+  t.teardown(() => h.close());
+  await h.append(5);
+  await h.start();
+  await answer(h, () => 200);
+  await h.commit();
+  h.clock += 10 * 60_000; // ten times max_age later
+  t.same(await h.rewind(1), { from: 1, previous: 6, resent: 5 });
+  await settle();
+  t.equal(h.sink.open().length, 5, 'all five are sent again');
+  await answer(h, () => 200);
+  t.same(h.figures(), { accepted: 10, delivered: 10, dead: 0, purged: 0, lag: 0 }, 'none dead-lettered for its age');
+  // Failing after the rewind, they age from the rewind: dead letters only max_age after it.
+  t.same(await h.rewind(1), { from: 1, previous: 6, resent: 5 });
+  await settle();
+  for (const c of h.sink.open()) c.answer(503);
+  await settle();
+  // Each retry fails again; the clock moves in steps past the backoff.
+  for (let i = 0; i < 30; i++) {
+    await h.tick(1000);
+    for (const c of h.sink.open()) c.answer(503);
+    await settle();
+  }
+  t.equal(h.figures().dead, 0, 'half of max_age after the rewind: still retrying');
+  for (let i = 0; i < 31; i++) {
+    await h.tick(1000);
+    for (const c of h.sink.open()) c.answer(503);
+    await settle();
+  }
+  await h.commit();
+  t.equal(h.figures().dead, 5, 'max_age after the rewind: dead letters');
+  identity(t, h, 'after the rewind');
+});
+
 t.test('rewind while requests are in flight: it waits for them, then sends from the new offset', async (t) => {
   const h = await Harness.open(target({ concurrency: 4 }));
   t.teardown(() => h.close());
