@@ -59,7 +59,7 @@ export class CrowdNode {
   /** Checks for a stuck writer, from start until the log is closed (also while draining). */
   private stallTimer: NodeJS.Timeout | null = null;
   /** Who holds the log (computed at most every HOLDERS_CACHE_MS), and what the last log line said. */
-  private held: { at: number; names: string[]; text: string } | null = null;
+  private held: { at: number; names: string[]; text: string; brief: string } | null = null;
   private reportedFull: string | null = null;
 
   private constructor(opts: NodeOptions) {
@@ -213,27 +213,30 @@ export class CrowdNode {
   }
 
   /** The targets holding the log and a sentence saying so (cached briefly: asked per refused request). */
-  private holders(): { names: string[]; text: string } {
+  private holders(): { names: string[]; text: string; brief: string } {
     const now = Date.now();
     if (this.held && now - this.held.at < HOLDERS_CACHE_MS) return this.held;
     const { config } = this.opts;
     const list = this.delivery?.holders() ?? [];
     let text: string;
-    if (config.targets.length === 0) text = 'no targets are configured, so nothing is removed from it';
-    else if (list.length === 0) text = 'every target is caught up; retention frees it shortly';
+    let brief: string;
+    if (config.targets.length === 0) text = brief = 'no targets are configured, so nothing is removed from it';
+    else if (list.length === 0) text = brief = 'every target is caught up; retention frees it shortly';
     else {
+      // For clients: names and counts only (offsets, states and upstream errors stay on the admin port).
+      brief = `held by target${list.length > 1 ? 's' : ''} ${list.map((s) => `${s.name} (${s.lag} requests not delivered)`).join(', ')}`;
       const one = (s: (typeof list)[number]) =>
         `${s.name} (at offset ${s.committed_offset}, ${s.lag} requests not delivered, state ${s.state}${s.last_error ? `, last error: ${s.last_error.message}` : ''})`;
       text = `held by target${list.length > 1 ? 's' : ''} ${list.map(one).join(', ')}: retention cannot remove what ${list.length > 1 ? 'they have' : 'it has'} not delivered (targets[].max_lag_bytes moves a target's oldest entries to its dead letters instead)`;
     }
-    this.held = { at: now, names: list.map((s) => s.name), text };
+    this.held = { at: now, names: list.map((s) => s.name), text, brief };
     return this.held;
   }
 
   /** The 503 text while the log is over log.max_bytes. */
   private fullText(): string {
     this.reportFull();
-    return `the log is over log.max_bytes (${formatBytes(this.opts.config.log.max_bytes)}); ${this.holders().text}; retry later`;
+    return `the log is over log.max_bytes (${formatBytes(this.opts.config.log.max_bytes)}); ${this.holders().brief}; retry later`;
   }
 
   /** A warn line when the log becomes full (or its holders change), an info line when it is not any more. */

@@ -247,6 +247,14 @@ function crossCheck(c: Config, problems: ConfigProblem[]): void {
     // break the promise the key makes: refused until replication exists.
     problems.push({ where: 'cluster.ack', problem: '"quorum" is not supported by this version (no replication yet); use "local"' });
   }
+  c.targets.forEach((t, i) => {
+    // An ordered target sends nothing past a retrying request, so its oldest entries never
+    // leave the main line for the dead letters: the bound could not hold.
+    if (t.ordered && t.max_lag_bytes > 0) problems.push({ where: `targets[${i}].max_lag_bytes`, problem: 'cannot be used with ordered = true (an ordered target holds its entries in order until they are delivered)' });
+    if (t.max_lag_bytes > 0 && t.max_lag_bytes >= c.log.max_bytes * 0.9) {
+      problems.push({ where: `targets[${i}].max_lag_bytes`, problem: `must be below 90% of log.max_bytes (${c.log.max_bytes}), where retention starts removing delivered entries` });
+    }
+  });
   if (c.server.max_receiving_bytes < c.server.max_body_bytes) {
     problems.push({ where: 'server.max_receiving_bytes', problem: `must be at least server.max_body_bytes (${c.server.max_body_bytes})` });
   }

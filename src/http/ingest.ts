@@ -99,6 +99,7 @@ export class IngestServer {
   private listenSocket: us_listen_socket | null = null;
   /** Closes the listen socket near the descriptor limit and opens it again below. */
   private guard: AcceptGuard | null = null;
+  private relistenFailedAt = 0;
   /** crowd_ingest_requests_total{code=ack_status} per route name. */
   private readonly acked: Map<string, { inc(): void }>;
   private draining = false;
@@ -166,7 +167,12 @@ export class IngestServer {
     const listenExclusive = this.app.listen as unknown as (host: string, port: number, options: number, cb: (s: us_listen_socket | false) => void) => void;
     listenExclusive.call(this.app, this.deps.config.server.host, this.port, (this.deps.uws as unknown as { LIBUS_LISTEN_EXCLUSIVE_PORT: number }).LIBUS_LISTEN_EXCLUSIVE_PORT, (s) => (socket = s));
     if (!socket) {
-      this.logger.error({ event: 'relisten_failed', port: this.port }, `cannot listen on port ${this.port} again; retrying`);
+      // Tried at every check of the guard: said once a minute at most.
+      const now = Date.now();
+      if (now - this.relistenFailedAt >= 60_000) {
+        this.relistenFailedAt = now;
+        this.logger.error({ event: 'relisten_failed', port: this.port }, `cannot listen on port ${this.port} again (another process took it?); retrying`);
+      }
       return false;
     }
     this.listenSocket = socket;

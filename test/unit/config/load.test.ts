@@ -126,6 +126,13 @@ t.test('server.max_receiving_bytes holds at least one largest body', async (t) =
   t.equal(parseConfigText('[server]\nmax_body_bytes = "2MiB"\nmax_receiving_bytes = "2MiB"\n', 'c.toml').server.max_receiving_bytes, 2 * 1024 * 1024);
 });
 
+t.test('targets[].max_lag_bytes: not with ordered, and below 90% of log.max_bytes', async (t) => {
+  const base = '[log]\nmax_bytes = "10MiB"\n[[routes]]\nname = "r"\npath = "/r"\ntargets = ["t"]\n[[targets]]\nname = "t"\nurl = "http://127.0.0.1:9"\n';
+  t.match(problems(base + 'ordered = true\nmax_lag_bytes = "1MiB"\n'), [/c\.toml: targets\[0\]\.max_lag_bytes: cannot be used with ordered = true/]);
+  t.match(problems(base + 'max_lag_bytes = "9MiB"\n'), [/c\.toml: targets\[0\]\.max_lag_bytes: must be below 90% of log\.max_bytes/]);
+  t.equal(parseConfigText(base + 'max_lag_bytes = "1MiB"\n', 'c.toml').targets[0]!.max_lag_bytes, 1024 * 1024);
+});
+
 t.test('keys named like Object.prototype members and non-table values are refused', async (t) => {
   const p = problems('constructor = 1\ntoString = "x"\nserver = 2024-01-01\n');
   t.match(p.join('\n'), /c\.toml: constructor: unknown key/);
