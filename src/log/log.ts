@@ -62,6 +62,9 @@ export interface LagMeter {
   bytes: number;
   /** The last offset of the last record counted. */
   through: number;
+  /** The records counted after the cut, oldest first from `head` (the cut moves over them). */
+  records: { last: number; bytes: number }[];
+  head: number;
 }
 
 export interface LogStats {
@@ -332,6 +335,8 @@ export class Log {
       assert(b.lastOffset > this.durable, `durable watermark would move back from ${this.durable} to ${b.lastOffset}`);
       this.durable = b.lastOffset;
       this.bytesDurable += b.bytes;
+      // Meters that have counted everything before this record count it without reading it.
+      for (const m of this.meters) if (m.through === b.firstOffset - 1) this.meterRecord(m, b.lastOffset, b.bytes);
       const txn = b.txn;
       if (txn && --txn.left === 0) {
         const seconds = (performance.now() - txn.started) / 1000;
@@ -573,8 +578,8 @@ export class Log {
             this.bytesDurable -= c.freed;
             for (const m of this.meters) {
               if (c.last <= m.cut) continue;
-              if (c.last <= m.through) m.bytes -= c.freed;
-              else m.through = c.last;
+              while (m.head < m.records.length && m.records[m.head]!.last <= c.last) m.bytes -= m.records[m.head++]!.bytes;
+              if (c.last > m.through) m.through = c.last;
               m.cut = c.last;
             }
             lastRemoved = c.last;
@@ -597,7 +602,7 @@ export class Log {
   lagMeter(offset: number): LagMeter {
     let start = offset + 1;
     for (const key of this.entries.getKeys({ start: offset + 1, reverse: true, limit: 1 })) start = key;
-    const m: LagMeter = { cut: start - 1, bytes: 0, through: start - 1 };
+    const m: LagMeter = { cut: start - 1, bytes: 0, through: start - 1, records: [], head: 0 };
     this.meters.add(m);
     return m;
   }
@@ -609,27 +614,32 @@ export class Log {
    */
   measureLag(m: LagMeter, max: number, scan = 10_000): number {
     if (this.closed) return m.cut;
+    // Records flushed by this process are counted as they are released (meterRecord); the
+    // backlog found at start is read from the file once, `scan` records per call.
     if (m.through < this.durable) {
       let n = 0;
       for (const { key, value } of this.entries.getRange({ start: m.through + 1, end: this.durable + 1, snapshot: false })) {
         const count = recordCount(value);
-        m.bytes += value.length - 4 - 4 * count;
-        m.through = key + count - 1;
+        this.meterRecord(m, key + count - 1, value.length - 4 - 4 * count);
         if (++n >= scan) break;
       }
     }
-    while (m.bytes > max) {
-      let moved = false;
-      for (const { key, value } of this.entries.getRange({ start: m.cut + 1, limit: 1 })) {
-        const count = recordCount(value);
-        if (key + count - 1 > m.through) break; // not counted yet
-        m.bytes -= value.length - 4 - 4 * count;
-        m.cut = key + count - 1;
-        moved = true;
-      }
-      if (!moved) break;
+    while (m.bytes > max && m.head < m.records.length) {
+      const r = m.records[m.head++]!;
+      m.bytes -= r.bytes;
+      m.cut = r.last;
+    }
+    if (m.head > 1024 && m.head * 2 > m.records.length) {
+      m.records = m.records.slice(m.head);
+      m.head = 0;
     }
     return m.cut;
+  }
+
+  private meterRecord(m: LagMeter, last: number, bytes: number): void {
+    m.records.push({ last, bytes });
+    m.bytes += bytes;
+    m.through = last;
   }
 
   /** The highest offset retention may remove given the pins (a pin keeps its offset and what follows). */

@@ -265,3 +265,24 @@ t.test('a retention pass stops between chunks when asked to', async (t) => {
   t.equal(await log.applyRetention(() => asked++ > 0), RETENTION_CHUNK, 'one chunk, then it stops');
   t.equal(await log.applyRetention(), 5, 'the next pass removes the rest');
 });
+
+t.test('lag meter: the backlog read once, new records counted as they flush, the cut keeps at most max bytes after it', async (t) => {
+  const log = await Log.open(base(join(tempDir(), 'log'), { consumers: ['a'], retentionMs: 0 }));
+  t.teardown(() => log.close());
+  const body = 'x'.repeat(1000);
+  for (let i = 0; i < 5; i++) await appendTurn(log, 1, 1, body); // records 1..5, the backlog
+  const m = log.lagMeter(0);
+  t.equal(m.records.length, 0, 'nothing is counted before the first measure');
+  t.equal(log.measureLag(m, 1e9), 0, 'under the bound: no cut');
+  t.equal(m.records.length, 5, 'the backlog is read');
+  const rec = m.records[0]!.bytes;
+  t.ok(rec > 1000 && rec < 1200, `a record of one ${rec}-byte envelope`);
+  for (let i = 0; i < 3; i++) await appendTurn(log, 1, 1, body); // 6..8, counted at release
+  t.equal(m.through, 8, 'records flushed after the meter are counted without a read');
+  t.equal(log.measureLag(m, 3 * rec), 5, 'at most three records after the cut: offsets 1-5 are beyond the bound');
+  t.equal(m.bytes, 3 * rec);
+  await log.commitOffset('a', 7);
+  await log.applyRetention();
+  t.equal(m.cut, 7, 'retention moves the cut over what it removed');
+  t.equal(m.bytes, rec, 'and the bytes with it');
+});
