@@ -526,7 +526,9 @@ export class Consumer {
 
   /** A request of the retry line outside the window finished: ahead of the main line, it is marked so that the main line skips it. */
   private leaveRetry(item: Item, as: 'done' | 'dead'): void {
-    this.ledger.move(item.offset, 'retry', item.offset >= this.main.next ? as : undefined);
+    // At or past the head: the main line reads it (again, after a rewind) before passing it,
+    // and skips it while the mark lasts; the mark ends when the head passes it.
+    this.ledger.move(item.offset, 'retry', item.offset >= this.main.head ? as : undefined);
   }
 
   private finished(item: Item, r: AttemptResult, gen: number, started: number): void {
@@ -751,7 +753,11 @@ export class Consumer {
    * Rewinds to `from`: waits for the requests in flight, then re-reads the log from `from`.
    * `persist` stores the new offset (the manager serialises it with the commits).
    */
-  async rewind(from: number, persist: (offset: number) => Promise<void>): Promise<{ from: number; previous: number; resent: number }> {
+  async rewind(
+    from: number,
+    exclusive: <T>(op: () => Promise<T>) => Promise<T>,
+    persist: (offset: number) => Promise<void>,
+  ): Promise<{ from: number; previous: number; resent: number }> {
     if (this.state !== 'running') throw new Error(`target ${this.name} is ${this.state}`);
     const { log } = this.d;
     const first = log.firstOffset();
@@ -763,47 +769,56 @@ export class Consumer {
     this.state = 'rewinding';
     try {
       if (!(await this.waitIdle(this.t.timeout + 1000))) throw new Error(`target ${this.name} still has requests in flight after ${this.t.timeout + 1000} ms; try again`);
-      this.advance();
-      const previous = this.main.head;
-      const n = await log.countRoutes(from, previous - 1, this.d.routes);
-      if (this.state !== 'rewinding') throw new Error(`target ${this.name} stopped during the rewind`);
-      this.gen++;
-      // Entries read but not passed are read again: they leave the window (and the retry line);
-      // dead ones not written yet leave the dead count.
-      for (const s of this.main.unpassed()) {
-        if (s.state === 'dead') this.deadCount--;
-        if (s.env !== null) this.release(s);
-        this.ledger.move(s.offset, 'window', undefined);
-      }
-      this.retry.dropUnparked();
-      // Dead letters the main line will reach again are not sent from the log.
-      this.ledger.forgetBelow(from);
-      for (const o of log.delivery.deadOffsets(this.name, from, previous - 1)) this.ledger.move(o, [undefined, 'dead'], 'dead');
-      // Also those written by a commit still in flight (taken from `dead`, not yet in the store).
-      for (const list of [this.dead, this.deadInCommit]) {
-        for (const d of list) if (d.offset >= from && d.offset < previous) this.ledger.move(d.offset, [undefined, 'dead'], 'dead');
-      }
-      // Parked requests (also those whose record the next commit writes) stay in the retry line.
-      for (const item of this.retry.values()) item.gen = this.gen;
-      this.retry.reorder();
-      const resent = n - this.ledger.heldOutsideIn(from, previous - 1);
-      this.accepted += resent;
-      this.main.reset(from);
-      this.committedOffset = from - 1;
-      // What the rewind sends again is not dead-lettered by max_lag_bytes, nor for its age.
-      this.lagFrom = Math.max(this.lagFrom, previous);
-      this.rewoundBelow = Math.max(this.rewoundBelow, previous);
-      this.rewoundAt = this.now();
-      this.park = this.park.filter((p) => this.retry.has(p.offset));
-      this.check();
-      await persist(from - 1);
-      this.d.logger.info({ event: 'target_rewound', target: this.name, from, previous, resent }, `target ${this.name} rewound to offset ${from} (was at ${previous}): ${resent} requests will be sent again`);
-      return { from, previous, resent };
+      // The rest runs between delivery commits (`exclusive`), never while one is being written:
+      // a commit in flight holds dead letters and retry records that are neither in memory nor
+      // readable from the store yet.
+      return await exclusive(() => this.rewound(from, persist));
     } finally {
       unpin();
       if (this.state === 'rewinding') this.state = 'running';
       this.pump();
     }
+  }
+
+  /** The rewind itself (see rewind): nothing in flight, no delivery commit being written. */
+  private async rewound(from: number, persist: (offset: number) => Promise<void>): Promise<{ from: number; previous: number; resent: number }> {
+    const { log } = this.d;
+    this.advance();
+    const previous = this.main.head;
+    const n = await log.countRoutes(from, previous - 1, this.d.routes);
+    if (this.state !== 'rewinding') throw new Error(`target ${this.name} stopped during the rewind`);
+    this.gen++;
+    // Entries read but not passed are read again: they leave the window (and the retry line);
+    // dead ones not written yet leave the dead count.
+    for (const s of this.main.unpassed()) {
+      if (s.state === 'dead') this.deadCount--;
+      if (s.env !== null) this.release(s);
+      this.ledger.move(s.offset, 'window', undefined);
+    }
+    this.retry.dropUnparked();
+    // Dead letters the main line will reach again are not sent from the log.
+    this.ledger.forgetBelow(from);
+    for (const o of log.delivery.deadOffsets(this.name, from, previous - 1)) this.ledger.move(o, [undefined, 'dead'], 'dead');
+    // Also those written by a commit still in flight (taken from `dead`, not yet in the store).
+    for (const list of [this.dead, this.deadInCommit]) {
+      for (const d of list) if (d.offset >= from && d.offset < previous) this.ledger.move(d.offset, [undefined, 'dead'], 'dead');
+    }
+    // Parked requests (also those whose record the next commit writes) stay in the retry line.
+    for (const item of this.retry.values()) item.gen = this.gen;
+    this.retry.reorder();
+    const resent = n - this.ledger.heldOutsideIn(from, previous - 1);
+    this.accepted += resent;
+    this.main.reset(from);
+    this.committedOffset = from - 1;
+    // What the rewind sends again is not dead-lettered by max_lag_bytes, nor for its age.
+    this.lagFrom = Math.max(this.lagFrom, previous);
+    this.rewoundBelow = Math.max(this.rewoundBelow, previous);
+    this.rewoundAt = this.now();
+    this.park = this.park.filter((p) => this.retry.has(p.offset));
+    this.check();
+    await persist(from - 1);
+    this.d.logger.info({ event: 'target_rewound', target: this.name, from, previous, resent }, `target ${this.name} rewound to offset ${from} (was at ${previous}): ${resent} requests will be sent again`);
+    return { from, previous, resent };
   }
 
   /** The first offset the main line has not passed. */

@@ -224,11 +224,14 @@ export class Delivery {
       }
     } else throw new CrowdError('CROWD_ERR_REPLAY', 'replay needs --from OFFSET or --since DURATION');
     try {
-      const r = await c.rewind(from, (offset) =>
-        this.serial(async () => {
+      const r = await c.rewind(
+        from,
+        (op) => this.serial(op),
+        // Runs inside the serialised part: no commit can be written meanwhile.
+        async (offset) => {
           if (this.stopped) throw new Error(`target ${target}: crowd is stopping; the rewind was not stored`);
           await this.deps.log.delivery.setOffset(target, offset);
-        }),
+        },
       );
       return { target, ...r };
     } catch (err) {

@@ -128,7 +128,8 @@ export class MainLine {
         if (owner === 'retry') {
           this.slots.push(null); // the retry line holds it
         } else if (owner === 'dead' || owner === 'done') {
-          this.d.ledger.move(e.offset, owner, undefined); // a dead letter, or finished by the retry line
+          // A dead letter, or finished by the retry line: skipped. The mark stays until the head
+          // passes it, so that a rewind before the head gets there skips it again.
           this.slots.push(null);
         } else if (this.d.routes.has(e.route)) {
           this.d.ledger.move(e.offset, undefined, 'window');
@@ -165,6 +166,11 @@ export class MainLine {
         if (!passed(s)) break; // not now (the dead letters waiting for a commit are at their byte bound)
         s.inWindow = false;
         slots[i] = null;
+      } else {
+        // A skipped offset: a dead letter's or a done one's mark ends here (a retry keeps its own).
+        const offset = this.head + (i - this.slotStart);
+        const owner = this.d.ledger.owner(offset);
+        if (owner === 'dead' || owner === 'done') this.d.ledger.move(offset, owner, undefined);
       }
       i++;
     }

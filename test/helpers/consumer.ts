@@ -153,9 +153,19 @@ export class Harness {
     await settle();
   }
 
-  /** A rewind whose offset is stored directly (the manager serialises it with the commits). */
-  rewind(from: number): Promise<{ from: number; previous: number; resent: number }> {
-    return this.consumer.rewind(from, (o) => this.log.delivery.setOffset(this.consumer.name, o));
+  /**
+   * A rewind whose offset is stored directly. `between` runs before its serialised part, as the
+   * manager's commit chain would (e.g. finishing a commit that was being written).
+   */
+  rewind(from: number, between: () => Promise<void> = async () => undefined): Promise<{ from: number; previous: number; resent: number }> {
+    return this.consumer.rewind(
+      from,
+      async (op) => {
+        await between();
+        return op();
+      },
+      (o) => this.log.delivery.setOffset(this.consumer.name, o),
+    );
   }
 
   /** `crowd dlq replay`: writes pending changes first, moves every dead letter back, tells the consumer. */
