@@ -8,6 +8,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
+import { request } from './http';
 
 export const ROOT = resolve(__dirname, '..', '..', '..');
 export const BIN = join(ROOT, 'bin', 'crowd');
@@ -111,6 +112,19 @@ export class Crowd {
   async restart(): Promise<this> {
     if (this.proc && this.proc.exitCode === null && this.proc.signalCode === null) await this.kill9();
     return this.start();
+  }
+
+  /** The log's last offset, from the admin API's /status. */
+  async lastOffset(): Promise<number> {
+    const r = await request(this.adminUrl('/status'), { method: 'GET' });
+    return JSON.parse(r.body).log.last_offset;
+  }
+
+  /** The stored requests as `crowd tail` prints them (one object per entry). */
+  async tail(): Promise<any[]> {
+    const r = await runCli(['tail', '-c', this.configFile]);
+    if (r.code !== 0) throw new Error(`crowd tail exited ${r.code}: ${r.stderr}`);
+    return r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
   }
 
   /** Stops the process if it still runs (for t.teardown). */

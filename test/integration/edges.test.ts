@@ -6,8 +6,8 @@
 // drops without an answer) store nothing. Raw sockets, against the real bin/crowd.
 import t from 'tap';
 import net from 'node:net';
-import { Crowd, runCli } from '../helpers/crowd';
-import { rawExchange, request } from '../helpers/http';
+import { Crowd } from '../helpers/crowd';
+import { rawExchange } from '../helpers/http';
 import { Upstream } from '../helpers/upstream';
 
 const MAX = 1000;
@@ -23,15 +23,8 @@ const crowd = new Crowd({
 t.before(() => crowd.start());
 t.teardown(() => crowd.stop());
 
-async function lastOffset(): Promise<number> {
-  const r = await request(crowd.adminUrl('/status'), { method: 'GET' });
-  return JSON.parse(r.body).log.last_offset;
-}
-
-async function tail(): Promise<any[]> {
-  const r = await runCli(['tail', '-c', crowd.configFile]);
-  return r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
-}
+const lastOffset = () => crowd.lastOffset();
+const tail = () => crowd.tail();
 
 /** A request with raw (latin1) bytes: request line, extra header lines, body. */
 function raw(line: string, headers: string[], body = ''): Buffer {

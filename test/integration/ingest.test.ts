@@ -3,7 +3,7 @@
 // the real bin/crowd on loopback.
 import t from 'tap';
 import http from 'node:http';
-import { Crowd, runCli } from '../helpers/crowd';
+import { Crowd } from '../helpers/crowd';
 import { rawExchange, request } from '../helpers/http';
 import { ID_PATTERN } from '../../src/log/ids';
 
@@ -21,16 +21,8 @@ const crowd = new Crowd({
 t.before(() => crowd.start());
 t.teardown(() => crowd.stop());
 
-async function lastOffset(): Promise<number> {
-  const r = await request(crowd.adminUrl('/status'), { method: 'GET' });
-  return JSON.parse(r.body).log.last_offset;
-}
-
-async function tail(): Promise<any[]> {
-  const r = await runCli(['tail', '-c', crowd.configFile]);
-  t.equal(r.code, 0, `crowd tail exits 0 ${r.stderr}`);
-  return r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
-}
+const lastOffset = () => crowd.lastOffset();
+const tail = () => crowd.tail();
 
 function byId(entries: any[], id: string): any {
   return entries.find((e) => e.id === id);
