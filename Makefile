@@ -31,12 +31,16 @@ deps: ## install the Debian packages tests and benchmarks need (strace, wrk, pro
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-build: dist/.built ## compile TypeScript to dist/
+dist/powercut/shim.so: test/powercut/shim.c
+	@mkdir -p dist/powercut
+	gcc -O2 -Wall -Wextra -shared -fPIC -o $@ $< -ldl -lpthread
+
+build: dist/.built dist/powercut/shim.so ## compile TypeScript to dist/
 
 run: install ## start crowd on config/crowd.example.toml (log in ./data)
 	./bin/crowd start -c config/crowd.example.toml
 
-test: deps install ## install what the tests need and run them all
+test: deps install dist/powercut/shim.so ## install what the tests need and run them all
 	npx tap dist/test/unit dist/test/integration dist/test/crash
 	@# Tests that load a whole core on purpose run alone, so they cannot slow the timed ones.
 	npx tap --jobs=1 dist/test/serial
