@@ -1,0 +1,37 @@
+// The power-cut harness itself (test/powercut/shim.c and rollback() of test/helpers/powercut.ts):
+// after a known sequence of writes, syncs, a truncate and an O_DSYNC write, killed and rolled
+// back, each file holds what it held at its last completed sync plus its O_DSYNC writes.
+import t, { type Test } from 'tap';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tempDir } from '../helpers/crowd';
+import { rollback, SHIM } from '../helpers/powercut';
+
+function run(t: Test, fakeSync: boolean): string {
+  const dir = tempDir('crowd-powercut-shim-');
+  const data = join(dir, 'data');
+  mkdirSync(data);
+  const journal = join(dir, 'journal');
+  const r = spawnSync(process.execPath, [join(__dirname, '..', 'helpers', 'powercut-child.js'), data], {
+    env: { ...process.env, LD_PRELOAD: SHIM, POWERCUT_DIR: data, POWERCUT_JOURNAL: journal, POWERCUT_FAKE_SYNC: fakeSync ? '1' : '0', UV_USE_IO_URING: '0' },
+  });
+  if (r.signal !== 'SIGKILL') throw new Error(`child ended with ${r.status ?? r.signal}: ${r.stderr}`);
+  const before = ['a', 'b', 'c', 'd'].map((f) => readFileSync(join(data, f), 'latin1'));
+  t.same(before, ['AABEEBAACCDD', '012', 'yyxxZZxx', 'lost'], `${fakeSync ? 'fake syncs' : 'real syncs'}: the files as the killed process left them`);
+  rollback(journal);
+  return data;
+}
+
+t.test('rollback restores each file to its last sync, keeping O_DSYNC writes', async (t) => {
+  const data = run(t, false);
+  t.equal(readFileSync(join(data, 'a'), 'latin1'), 'AAAAAAAA', 'overwrite and extension since the sync undone');
+  t.equal(readFileSync(join(data, 'b'), 'latin1'), '0123456789', 'truncate since the sync undone');
+  t.equal(readFileSync(join(data, 'c'), 'latin1'), 'xxxxZZxx', 'unsynced write undone, O_DSYNC write kept');
+  t.equal(readFileSync(join(data, 'd'), 'latin1'), '', 'a never synced file is empty');
+});
+
+t.test('with fake syncs nothing written survives', async (t) => {
+  const data = run(t, true);
+  for (const f of ['a', 'b', 'c', 'd']) t.equal(readFileSync(join(data, f), 'latin1'), '', `${f} is empty`);
+});
