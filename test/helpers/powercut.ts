@@ -6,7 +6,7 @@
  * made through O_DSYNC descriptors. The next start runs on that rolled-back log.
  */
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, renameSync, ftruncateSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { Crowd, ROOT, tempDir, type CrowdOptions, type ExitInfo } from './crowd';
 
 export const SHIM = join(ROOT, 'dist', 'powercut', 'shim.so');
@@ -51,6 +51,8 @@ export interface RollbackStats {
   preImages: number;
   durableWrites: number;
   syncs: number;
+  /** Pre-images undone per file (by its base name). */
+  byFile: Record<string, number>;
 }
 
 /**
@@ -67,7 +69,7 @@ export function rollback(journal: string): RollbackStats {
     if (!l) byFile.set(k, (l = []));
     l.push(r);
   }
-  const stats: RollbackStats = { files: 0, preImages: 0, durableWrites: 0, syncs: 0 };
+  const stats: RollbackStats = { files: 0, preImages: 0, durableWrites: 0, syncs: 0, byFile: {} };
   for (const list of byFile.values()) {
     let durableBelow = 0n;
     for (const r of list) if (r.type === 'S') { stats.syncs++; if (r.off > durableBelow) durableBelow = r.off; }
@@ -86,6 +88,8 @@ export function rollback(journal: string): RollbackStats {
         if (r.bytes.length) writeSync(fd, r.bytes, 0, r.bytes.length, Number(r.off));
         ftruncateSync(fd, Number(r.oldSize));
         stats.preImages++;
+        const name = basename(r.path);
+        stats.byFile[name] = (stats.byFile[name] ?? 0) + 1;
       }
       for (const r of pending) {
         if (r.type !== 'D') continue;
@@ -102,6 +106,8 @@ export function rollback(journal: string): RollbackStats {
 export interface PowerCutOptions extends CrowdOptions {
   /** The negative control: the shim acknowledges syncs without syncing anything. */
   fakeSync?: boolean;
+  /** Each sync of a log file first sleeps this long (a slower device). */
+  syncDelayUs?: number;
 }
 
 /** A Crowd whose log directory loses its page cache on cut(). */
@@ -121,6 +127,7 @@ export class PowerCutCrowd extends Crowd {
         POWERCUT_DIR: join(dir, 'data'),
         POWERCUT_JOURNAL: journal,
         POWERCUT_FAKE_SYNC: opts.fakeSync ? '1' : '0',
+        POWERCUT_SYNC_DELAY_US: String(opts.syncDelayUs ?? 0),
         UV_USE_IO_URING: '0', // every write and sync through libc, where the shim sees it
       },
     });

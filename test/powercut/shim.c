@@ -15,6 +15,8 @@
  * Only the first pre-image of a region since the file's last sync is needed; later ones in a
  * region already covered are skipped (a region is covered if a single earlier range holds it).
  *
+ * POWERCUT_SYNC_DELAY_US: each watched sync first sleeps this long (a slower device), so that
+ * a cut lands more often between the writes of a commit and their sync.
  * POWERCUT_FAKE_SYNC=1: syncs succeed without syncing nor writing 'S', and O_DSYNC writes are
  * not durable either (a drive that lies about flushes): the negative control.
  */
@@ -39,6 +41,7 @@ static char watch_dir[4096];
 static size_t watch_len;
 static int journal_fd = -1;
 static int fake_sync;
+static useconds_t sync_delay_us;
 static uint64_t seq = 1;
 
 static ssize_t (*r_write)(int, const void *, size_t);
@@ -73,6 +76,8 @@ static void init(void) {
   r_sync_file_range = dlsym(RTLD_NEXT, "sync_file_range");
   const char *d = getenv("POWERCUT_DIR"), *j = getenv("POWERCUT_JOURNAL"), *f = getenv("POWERCUT_FAKE_SYNC");
   fake_sync = f && strcmp(f, "1") == 0;
+  const char *delay = getenv("POWERCUT_SYNC_DELAY_US");
+  sync_delay_us = delay ? (useconds_t)strtoul(delay, NULL, 10) : 0;
   if (!d || !j || !*d) return;
   if (!realpath(d, watch_dir)) { snprintf(watch_dir, sizeof watch_dir, "%s", d); }
   watch_len = strlen(watch_dir);
@@ -289,6 +294,7 @@ static int do_sync(int fd, int (*call)(void *), void *ctx) {
   size_t saved_n = f->n;
   f->n = 0;
   pthread_mutex_unlock(&mu);
+  if (sync_delay_us) usleep(sync_delay_us); /* a slower device: a wider window for the cut */
   int r = call(ctx);
   pthread_mutex_lock(&mu);
   f = file_of(&st); /* files may have moved (realloc) meanwhile */
