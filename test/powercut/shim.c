@@ -199,6 +199,7 @@ static ssize_t do_write(int fd, const struct iovec *iov, int n, off_t off, int r
   int fl = fcntl(fd, F_GETFL);
   int durable = !fake_sync && (sync_fd(fd, fl) || (rwf & (RWF_DSYNC | RWF_SYNC)));
   pthread_mutex_lock(&mu);
+  fstat(fd, &st); /* the size now, not before waiting for the lock */
   off_t at = off;
   if (at < 0) at = (fl & O_APPEND) ? st.st_size : lseek(fd, 0, SEEK_CUR);
   size_t len;
@@ -265,6 +266,7 @@ int ftruncate(int fd, off_t len) {
   struct stat st;
   if (!watched(fd, path, &st)) return r_ftruncate(fd, len);
   pthread_mutex_lock(&mu);
+  fstat(fd, &st);
   if (len != st.st_size) {
     /* Shrinking loses bytes: keep them; growing only changes the size. */
     if (len < st.st_size) {
