@@ -17,7 +17,7 @@ import { STATUS_LINE, errorBody, okBody } from './responses';
 import { createLogger, type Logger } from '../observability/logger';
 import { AcceptGuard } from './accept-guard';
 import { connectionsOnPort, openFilesLimit } from './fds';
-import { listen, type HttpResponse, type TemplatedApp, type Uws, type us_listen_socket } from './uws';
+import { listen, listenNow, type HttpResponse, type TemplatedApp, type Uws, type us_listen_socket } from './uws';
 import { HeaderScan, checkTarget, shorten } from './validate';
 
 const EMPTY = Buffer.alloc(0);
@@ -163,9 +163,7 @@ export class IngestServer {
   /** Listens on the same port again (after the accept guard paused); false if that failed. */
   private relisten(): boolean {
     if (this.draining) return false;
-    let socket: us_listen_socket | false = false;
-    const listenExclusive = this.app.listen as unknown as (host: string, port: number, options: number, cb: (s: us_listen_socket | false) => void) => void;
-    listenExclusive.call(this.app, this.deps.config.server.host, this.port, (this.deps.uws as unknown as { LIBUS_LISTEN_EXCLUSIVE_PORT: number }).LIBUS_LISTEN_EXCLUSIVE_PORT, (s) => (socket = s));
+    const socket = listenNow(this.deps.uws, this.app, this.deps.config.server.host, this.port);
     if (!socket) {
       // Tried at every check of the guard: said once a minute at most.
       const now = Date.now();

@@ -36,15 +36,16 @@ export function loadNativeUws(): Uws {
  * The port is exclusive: uSockets would otherwise set SO_REUSEPORT, and a second crowd on
  * the same port would silently take half of the connections.
  */
-export function listen(uws: Uws, app: UWS.TemplatedApp, host: string, port: number): Promise<{ socket: UWS.us_listen_socket; port: number }> {
-  return new Promise((resolve, reject) => {
-    const listenExclusive = app.listen as unknown as (host: string, port: number, options: number, cb: (socket: UWS.us_listen_socket | false) => void) => void;
-    listenExclusive.call(app, host, port, (uws as unknown as { LIBUS_LISTEN_EXCLUSIVE_PORT: number }).LIBUS_LISTEN_EXCLUSIVE_PORT, (socket) => {
-      if (!socket) {
-        reject(new CrowdError('CROWD_ERR_LISTEN', `cannot listen on ${host}:${port} (address in use or not available)`));
-        return;
-      }
-      resolve({ socket, port: uws.us_socket_local_port(socket) });
-    });
-  });
+export async function listen(uws: Uws, app: UWS.TemplatedApp, host: string, port: number): Promise<{ socket: UWS.us_listen_socket; port: number }> {
+  const socket = listenNow(uws, app, host, port);
+  if (!socket) throw new CrowdError('CROWD_ERR_LISTEN', `cannot listen on ${host}:${port} (address in use or not available)`);
+  return { socket, port: uws.us_socket_local_port(socket) };
+}
+
+/** Listens on an exclusive port (see listen); uWS calls back before returning. False when it failed. */
+export function listenNow(uws: Uws, app: UWS.TemplatedApp, host: string, port: number): UWS.us_listen_socket | false {
+  let socket: UWS.us_listen_socket | false = false;
+  const listenExclusive = app.listen as unknown as (host: string, port: number, options: number, cb: (socket: UWS.us_listen_socket | false) => void) => void;
+  listenExclusive.call(app, host, port, (uws as unknown as { LIBUS_LISTEN_EXCLUSIVE_PORT: number }).LIBUS_LISTEN_EXCLUSIVE_PORT, (s) => (socket = s));
+  return socket;
 }
