@@ -213,8 +213,10 @@ t.test('front end limits: requests uWebSockets.js drops without an answer store 
   t.equal(await lastOffset(), before, 'nothing stored');
   const fortyEight = await rawExchange(crowd.port, raw('POST /leads HTTP/1.1', [...many.slice(1), 'Content-Length: 1'], 'a'), 1500);
   t.match(fortyEight.text, /^HTTP\/1\.1 200 /, '48 header lines are taken');
-  const bigHeaders = await Promise.all([110_000, 131_000].map((n) => rawExchange(crowd.port, post('/nowhere', [`X-Big: ${'v'.repeat(n)}`]), 2000)));
-  t.match(bigHeaders[0]!.text, /^HTTP\/1\.1 404 /, 'a header block of 110 000 bytes is taken');
+  // Up to 4 KiB is taken however it arrives; larger blocks only when the front end reads them
+  // at once (up to about 128 KiB), which depends on the machine's load: not asserted.
+  const bigHeaders = await Promise.all([3_500, 131_000].map((n) => rawExchange(crowd.port, post('/nowhere', [`X-Big: ${'v'.repeat(n)}`]), 2000)));
+  t.match(bigHeaders[0]!.text, /^HTTP\/1\.1 404 /, 'a header block of 3 500 bytes is taken');
   t.equal(bigHeaders[1]!.text, '', 'one of 131 000 bytes is dropped');
 });
 
