@@ -12,6 +12,7 @@ export const ErrorCodes = {
   CROWD_ERR_LOG_LOCKED: 'another process writes to this log directory',
   CROWD_ERR_LOG_DIR: 'the log directory cannot be created or used',
   CROWD_ERR_LOG_OFFSET: 'the log offset invariant was broken',
+  CROWD_ERR_LOG_RECOVERY: 'the log must be recovered by crowd start before it can be read',
   CROWD_ERR_ADMIN: 'the admin API answered with an error',
   CROWD_ERR_HELD: 'a retry or dead-letter record cannot be read',
   CROWD_ERR_REPLAY: 'a replay or dead-letter request was refused',

@@ -117,6 +117,8 @@ export const RETENTION_PRESSURE = 0.9;
 export const RETENTION_CHUNK = 1000;
 /** lmdb map size: a ceiling on the data file; the file is sparse, so this costs address space only. */
 const MIN_MAP_SIZE = 64 * 1024 ** 3;
+/** LMDB's MDB_PANIC. */
+const MDB_PANIC = -30795;
 
 export class Log {
   readonly dir: string;
@@ -180,6 +182,16 @@ export class Log {
       );
     } catch (err) {
       this.unlock?.();
+      // MDB_PANIC on a read-only open: the newest meta page was written during an earlier
+      // boot and never marked flushed (a power loss or an OS crash), and LMDB's fallback to
+      // the last flushed one writes the meta pages, which a read-only environment cannot.
+      if (opts.readOnly && (err as { code?: number }).code === MDB_PANIC) {
+        throw new CrowdError(
+          'CROWD_ERR_LOG_RECOVERY',
+          `the log at ${opts.dir} needs recovery: its last transactions were written before a reboot and never marked flushed (a power loss or an OS crash); \`crowd start\` recovers it, keeping every flushed (acknowledged) transaction, and then it can be read`,
+          { cause: err },
+        );
+      }
       throw err;
     }
   }

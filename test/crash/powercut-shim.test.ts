@@ -35,3 +35,12 @@ t.test('with fake syncs nothing written survives', async (t) => {
   const data = run(t, true);
   for (const f of ['a', 'b', 'c', 'd']) t.equal(readFileSync(join(data, f), 'latin1'), '', `${f} is empty`);
 });
+
+t.test('POWERCUT_BOOT_ID replaces the boot id a process reads (each start after a cut is a new boot)', async (t) => {
+  const id = 'deadbeef-0000-4000-8000-000000000001\n';
+  const faked = spawnSync('cat', ['/proc/sys/kernel/random/boot_id'], { env: { ...process.env, LD_PRELOAD: SHIM, POWERCUT_BOOT_ID: id } });
+  t.equal(faked.stdout.toString(), id, 'read through the shim');
+  const real = spawnSync('cat', ['/proc/sys/kernel/random/boot_id'], { env: { ...process.env, LD_PRELOAD: SHIM } });
+  t.not(real.stdout.toString(), id, 'without it, the real one');
+  t.match(real.stdout.toString(), /^[0-9a-f-]{36}\n$/);
+});

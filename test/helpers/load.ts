@@ -23,7 +23,7 @@ export class LoadClient {
 
   constructor(
     private readonly url: () => string,
-    private readonly opts: { workers: number; maxRequests: number; tag: string; timeoutMs?: number },
+    private readonly opts: { workers: number; maxRequests: number; tag: string; timeoutMs?: number; body?: (seq: number) => string },
   ) {}
 
   start(): this {
@@ -33,7 +33,8 @@ export class LoadClient {
 
   private async loop(): Promise<void> {
     while (!this.stopped && this.seq < this.opts.maxRequests) {
-      const body = JSON.stringify({ tag: this.opts.tag, seq: this.seq++, pad: 'x'.repeat(this.seq % 97) });
+      const seq = this.seq++;
+      const body = this.opts.body ? this.opts.body(seq) : JSON.stringify({ tag: this.opts.tag, seq, pad: 'x'.repeat((seq + 1) % 97) });
       try {
         const r = await request(this.url(), { body, agent: this.agent, timeoutMs: this.opts.timeoutMs ?? 10_000, headers: { 'content-type': 'application/json' } });
         if (r.status >= 200 && r.status < 300) this.acks.push({ id: JSON.parse(r.body).id, body });

@@ -6,6 +6,7 @@
  * made through O_DSYNC descriptors. The next start runs on that rolled-back log.
  */
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, renameSync, ftruncateSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { basename, join } from 'node:path';
 import { Crowd, ROOT, tempDir, type CrowdOptions, type ExitInfo } from './crowd';
 
@@ -106,31 +107,41 @@ export function rollback(journal: string): RollbackStats {
 export interface PowerCutOptions extends CrowdOptions {
   /** The negative control: the shim acknowledges syncs without syncing anything. */
   fakeSync?: boolean;
+  /** The second negative control: writes through O_DSYNC descriptors (LMDB's meta page) are durable only once a later sync of the file covers them. */
+  dropDsync?: boolean;
   /** Each sync of a log file first sleeps this long (a slower device). */
   syncDelayUs?: number;
+}
+
+/** A boot id as /proc/sys/kernel/random/boot_id prints it. */
+function newBootId(): string {
+  const h = randomBytes(16).toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}\n`;
 }
 
 /** A Crowd whose log directory loses its page cache on cut(). */
 export class PowerCutCrowd extends Crowd {
   readonly journal: string;
   private cuts = 0;
+  /** The environment the next start runs with (a cut gives it a new boot id). */
+  private readonly shimEnv: NodeJS.ProcessEnv;
 
   constructor(opts: PowerCutOptions = {}) {
     const dir = opts.dir ?? tempDir('crowd-powercut-');
     const journal = join(dir, 'powercut.journal');
-    super({
-      ...opts,
-      dir,
-      env: {
-        ...opts.env,
-        LD_PRELOAD: SHIM,
-        POWERCUT_DIR: join(dir, 'data'),
-        POWERCUT_JOURNAL: journal,
-        POWERCUT_FAKE_SYNC: opts.fakeSync ? '1' : '0',
-        POWERCUT_SYNC_DELAY_US: String(opts.syncDelayUs ?? 0),
-        UV_USE_IO_URING: '0', // every write and sync through libc, where the shim sees it
-      },
-    });
+    const env: NodeJS.ProcessEnv = {
+      ...opts.env,
+      LD_PRELOAD: SHIM,
+      POWERCUT_DIR: join(dir, 'data'),
+      POWERCUT_JOURNAL: journal,
+      POWERCUT_FAKE_SYNC: opts.fakeSync ? '1' : '0',
+      POWERCUT_DROP_DSYNC: opts.dropDsync ? '1' : '0',
+      POWERCUT_SYNC_DELAY_US: String(opts.syncDelayUs ?? 0),
+      UV_USE_IO_URING: '0', // every write and sync through libc, where the shim sees it
+      POWERCUT_BOOT_ID: newBootId(),
+    };
+    super({ ...opts, dir, env });
+    this.shimEnv = env;
     this.journal = journal;
   }
 
@@ -139,6 +150,7 @@ export class PowerCutCrowd extends Crowd {
     const exit = await this.kill9();
     const stats = rollback(this.journal);
     if (existsSync(this.journal)) renameSync(this.journal, `${this.journal}.${++this.cuts}`);
+    this.shimEnv.POWERCUT_BOOT_ID = newBootId(); // the power comes back: a new boot
     return { exit, stats };
   }
 }

@@ -19,10 +19,18 @@
  * a cut lands more often between the writes of a commit and their sync.
  * POWERCUT_FAKE_SYNC=1: syncs succeed without syncing nor writing 'S', and O_DSYNC writes are
  * not durable either (a drive that lies about flushes): the negative control.
+ * POWERCUT_DROP_DSYNC=1: only writes through O_DSYNC/O_SYNC descriptors (LMDB's meta page)
+ * lose their durability; they become ordinary writes that a later sync of the file covers.
+ * fsync/fdatasync stay real. The second negative control.
+ * POWERCUT_BOOT_ID: what /proc/sys/kernel/random/boot_id reads in this process. A power cut
+ * is also a reboot: LMDB (lmdb-js's overlapping sync) trusts a meta page not yet marked
+ * flushed only when it was written during the current boot, so each start after a cut must
+ * see a new boot id, as it would after a real one.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -41,6 +49,7 @@ static char watch_dir[4096];
 static size_t watch_len;
 static int journal_fd = -1;
 static int fake_sync;
+static int drop_dsync;
 static useconds_t sync_delay_us;
 static uint64_t seq = 1;
 
@@ -55,6 +64,14 @@ static int (*r_fsync)(int);
 static int (*r_fdatasync)(int);
 static int (*r_msync)(void *, size_t, int);
 static int (*r_sync_file_range)(int, off64_t, off64_t, unsigned int);
+static int (*r_open)(const char *, int, ...);
+static int (*r_open64)(const char *, int, ...);
+static ssize_t (*r_read)(int, void *, size_t);
+static int (*r_close)(int);
+static const char *boot_id;
+static volatile int boot_fd = -1;
+static size_t boot_pos;
+static const char BOOT_ID_PATH[] = "/proc/sys/kernel/random/boot_id";
 
 /* Ranges written since the last sync, per file. */
 struct range { off_t off; size_t len; };
@@ -63,6 +80,12 @@ static struct file *files;
 static size_t nfiles;
 
 static void init(void) {
+  r_open = dlsym(RTLD_NEXT, "open");
+  r_open64 = dlsym(RTLD_NEXT, "open64");
+  r_read = dlsym(RTLD_NEXT, "read");
+  r_close = dlsym(RTLD_NEXT, "close");
+  boot_id = getenv("POWERCUT_BOOT_ID");
+  if (boot_id && !*boot_id) boot_id = NULL;
   r_write = dlsym(RTLD_NEXT, "write");
   r_pwrite = dlsym(RTLD_NEXT, "pwrite");
   r_pwrite64 = dlsym(RTLD_NEXT, "pwrite64");
@@ -76,13 +99,15 @@ static void init(void) {
   r_sync_file_range = dlsym(RTLD_NEXT, "sync_file_range");
   const char *d = getenv("POWERCUT_DIR"), *j = getenv("POWERCUT_JOURNAL"), *f = getenv("POWERCUT_FAKE_SYNC");
   fake_sync = f && strcmp(f, "1") == 0;
+  const char *dd = getenv("POWERCUT_DROP_DSYNC");
+  drop_dsync = dd && strcmp(dd, "1") == 0;
   const char *delay = getenv("POWERCUT_SYNC_DELAY_US");
   sync_delay_us = delay ? (useconds_t)strtoul(delay, NULL, 10) : 0;
   if (!d || !j || !*d) return;
   if (!realpath(d, watch_dir)) { snprintf(watch_dir, sizeof watch_dir, "%s", d); }
   watch_len = strlen(watch_dir);
   while (watch_len > 1 && watch_dir[watch_len - 1] == '/') watch_dir[--watch_len] = 0;
-  journal_fd = open(j, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  journal_fd = r_open(j, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (journal_fd < 0) { fprintf(stderr, "powercut: cannot open journal %s: %s\n", j, strerror(errno)); abort(); }
 }
 
@@ -197,7 +222,7 @@ static ssize_t do_write(int fd, const struct iovec *iov, int n, off_t off, int r
   struct stat st;
   if (!watched(fd, path, &st)) return call(ctx);
   int fl = fcntl(fd, F_GETFL);
-  int durable = !fake_sync && (sync_fd(fd, fl) || (rwf & (RWF_DSYNC | RWF_SYNC)));
+  int durable = !fake_sync && !drop_dsync && (sync_fd(fd, fl) || (rwf & (RWF_DSYNC | RWF_SYNC)));
   pthread_mutex_lock(&mu);
   fstat(fd, &st); /* the size now, not before waiting for the lock */
   off_t at = off;
@@ -327,4 +352,45 @@ int msync(void *addr, size_t len, int flags) {
   pthread_once(&once, init);
   if (fake_sync && journal_fd >= 0) return 0;
   return r_msync(addr, len, flags);
+}
+
+/* The boot id: open() of its /proc file is noted, read() of that descriptor gets POWERCUT_BOOT_ID. */
+static int open_common(int (*real)(const char *, int, ...), const char *path, int flags, va_list ap) {
+  mode_t mode = 0;
+  if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) mode = va_arg(ap, mode_t);
+  int fd = real(path, flags, mode);
+  if (fd >= 0 && boot_id && strcmp(path, BOOT_ID_PATH) == 0) { boot_pos = 0; boot_fd = fd; }
+  return fd;
+}
+int open(const char *path, int flags, ...) {
+  pthread_once(&once, init);
+  va_list ap;
+  va_start(ap, flags);
+  int fd = open_common(r_open, path, flags, ap);
+  va_end(ap);
+  return fd;
+}
+int open64(const char *path, int flags, ...) {
+  pthread_once(&once, init);
+  va_list ap;
+  va_start(ap, flags);
+  int fd = open_common(r_open64, path, flags, ap);
+  va_end(ap);
+  return fd;
+}
+ssize_t read(int fd, void *buf, size_t n) {
+  pthread_once(&once, init);
+  if (fd >= 0 && fd == boot_fd) {
+    size_t l = strlen(boot_id) - boot_pos;
+    if (l > n) l = n;
+    memcpy(buf, boot_id + boot_pos, l);
+    boot_pos += l;
+    return (ssize_t)l;
+  }
+  return r_read(fd, buf, n);
+}
+int close(int fd) {
+  pthread_once(&once, init);
+  if (fd >= 0 && fd == boot_fd) boot_fd = -1;
+  return r_close(fd);
 }
