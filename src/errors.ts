@@ -15,6 +15,7 @@ export const ErrorCodes = {
   CROWD_ERR_LOG_RECOVERY: 'the log must be recovered by crowd start before it can be read',
   CROWD_ERR_ADMIN: 'the admin API answered with an error',
   CROWD_ERR_HELD: 'a retry or dead-letter record cannot be read',
+  CROWD_ERR_REPLICA: 'no such replica is held here',
   CROWD_ERR_REPLAY: 'a replay or dead-letter request was refused',
 } as const;
 

@@ -14,10 +14,11 @@ import { formatBytes } from './config/units';
 import { Delivery } from './delivery/delivery';
 import { AdminServer } from './http/admin';
 import { IngestServer } from './http/ingest';
-import { loadNativeUws } from './http/uws';
+import { loadNativeUws, type TemplatedApp } from './http/uws';
 import { Log } from './log/log';
 import type { Logger } from './observability/logger';
 import { Metrics } from './observability/metrics';
+import { Replicator } from './replication/replicator';
 import { VERSION } from './version';
 
 /** Longest wait for open requests and pending commits at shutdown. */
@@ -53,6 +54,7 @@ export class CrowdNode {
   private log: Log | null = null;
   private ingest: IngestServer | null = null;
   private delivery: Delivery | null = null;
+  private replicator: Replicator | null = null;
   private housekeeping: NodeJS.Timeout | null = null;
   /** The retention and stats pass in progress; stop() waits for it before closing the log. */
   private housekeepingRun: Promise<void> | null = null;
@@ -109,17 +111,25 @@ export class CrowdNode {
     this.delivery = delivery;
     // Before ingest starts: every acknowledgement after this point is counted per target.
     await delivery.start();
+    const replicator =
+      config.cluster.peers.length > 0
+        ? new Replicator({ config, log, logger, registry: this.metrics.registry, finished: () => finishedOffsets(log, config.targets.map((t) => t.name)) })
+        : null;
+    this.replicator = replicator;
     const ingest = new IngestServer({
       uws: loadNativeUws(),
       config,
       log,
       metrics: this.metrics,
       logger,
+      ...(replicator ? { routes: (app: TemplatedApp) => replicator.attach(app) } : {}),
+      ...(replicator && config.cluster.ack === 'quorum' ? { quorum: replicator } : {}),
       accepted: (route) => delivery.accepted(route),
       refusalText: (r) => (r === 'max_bytes' ? this.fullText() : undefined),
     });
     this.ingest = ingest;
     const port = await ingest.start();
+    replicator?.start();
     this.housekeeping = setInterval(() => this.houseKeep(), Math.min(HOUSEKEEPING_INTERVAL_MS, Math.max(1000, config.log.retention)));
     this.housekeeping.unref();
     this.stallTimer = setInterval(() => {
@@ -197,6 +207,7 @@ export class CrowdNode {
     await new Promise((r) => setImmediate(r));
     // Requests in flight to upstreams get a few seconds; what does not finish is sent again after the restart.
     await this.delivery?.stop(DELIVERY_STOP_GRACE_MS);
+    this.replicator?.stop();
     // A failure while draining: the node is on its way out without touching the log again.
     if ((this.state as NodeState) === 'failed') return;
     this.admin.stop();
@@ -288,7 +299,22 @@ export class CrowdNode {
           }
         : { dir: config.log.dir },
       targets: this.delivery?.status() ?? [],
-      peers: config.cluster.peers.map((url) => ({ url, state: 'not_replicating' })),
+      incarnation: this.log?.incarnation ?? null,
+      cluster: this.replicator?.status() ?? { node_id: config.node_id, incarnation: this.log?.incarnation ?? null, ack: config.cluster.ack, min_insync: config.cluster.min_insync, peers: [], replicas: this.log?.replicas().map((r) => r.info()) ?? [], quorum_waiting: 0 },
+      peers: this.replicator?.peers() ?? [],
     };
   }
+}
+
+/**
+ * Per target, the offset below which everything is finished (delivered or dead-lettered):
+ * the committed offset, lowered below the oldest parked retry. A takeover starts there.
+ */
+export function finishedOffsets(log: Log, targets: readonly string[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const t of targets) {
+    const parked = log.delivery.firstRetry(t);
+    out[t] = Math.max(0, Math.min(log.delivery.offset(t), parked === null ? Infinity : parked - 1));
+  }
+  return out;
 }

@@ -65,7 +65,9 @@ export function main(argv: string[]): void {
     .option('--from <offset>', 'first offset to print', parseOffset)
     .option('-n <count>', 'print at most this many entries (without --from: the last ones)', parseOffset)
     .option('-f, --follow', 'keep printing new entries as they are written')
-    .action((o: { config?: string; from?: number; n?: number; follow?: boolean }) => tailCommand(configOrExit(o.config), o));
+    .option('--replica <origin>', "print this node's replica of the peer ORIGIN's log (its node_id) instead of the local log")
+    .option('--incarnation <id>', 'with --replica: the replica of this incarnation of the origin log (default: the newest held)')
+    .action((o: { config?: string; from?: number; n?: number; follow?: boolean; replica?: string; incarnation?: string }) => tailCommand(configOrExit(o.config), o));
 
   const dlq = program.command('dlq').description("a target's dead letters (through the admin API of the running node)");
   const targetOption = () => new Option('-t, --target <name>', 'target name').makeOptionMandatory();

@@ -200,6 +200,43 @@ function checkValue(raw: unknown, spec: Spec, path: string, problems: ConfigProb
 const RESERVED_PATHS = ['/healthz', '/_crowd'];
 
 /** True when `url` has a user name or password (`http://user:pass@host/`). */
+/** cluster.*: the secret (from secret_file too), min_insync resolved, no peer twice or naming this node. */
+function checkCluster(c: Config, problems: ConfigProblem[]): void {
+  const cl = c.cluster as { -readonly [K in keyof Config['cluster']]: Config['cluster'][K] };
+  if (cl.secret !== undefined && cl.secret_file !== undefined) problems.push({ where: 'cluster.secret_file', problem: 'set either cluster.secret or cluster.secret_file, not both' });
+  if (cl.secret_file !== undefined && cl.secret === undefined) {
+    try {
+      const text = readFileSync(resolve(cl.secret_file), 'utf8').replace(/\r?\n$/, '');
+      if (!/^\S{16,}$/.test(text)) problems.push({ where: 'cluster.secret_file', problem: `${cl.secret_file} must hold one line of at least 16 characters, no spaces` });
+      else cl.secret = text;
+    } catch (err) {
+      problems.push({ where: 'cluster.secret_file', problem: `cannot read ${cl.secret_file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` });
+    }
+  }
+  const n = 1 + cl.peers.length;
+  if (cl.peers.length > 0 && cl.secret === undefined && cl.secret_file === undefined) problems.push({ where: 'cluster.secret', problem: 'is required when cluster.peers is set (or cluster.secret_file): peers authenticate with it' });
+  if (cl.min_insync === 0) cl.min_insync = Math.floor(n / 2) + 1;
+  else if (cl.min_insync > n) problems.push({ where: 'cluster.min_insync', problem: `${cl.min_insync} is more than the ${n} nodes this one knows (itself and ${cl.peers.length} peers)` });
+  if (cl.ack === 'quorum' && cl.peers.length === 0) problems.push({ where: 'cluster.ack', problem: '"quorum" needs cluster.peers: with no peers only the local copy exists' });
+  const seen = new Set<string>();
+  cl.peers.forEach((p, i) => {
+    let u: URL;
+    try {
+      u = new URL(p);
+    } catch {
+      problems.push({ where: `cluster.peers[${i}]`, problem: `${JSON.stringify(p)} is not a URL` });
+      return;
+    }
+    if (u.pathname !== '/' || u.search || u.hash || u.username || u.password) problems.push({ where: `cluster.peers[${i}]`, problem: 'must be a bare http(s)://host:port (no path, query or credentials)' });
+    const key = `${u.protocol}//${u.host}`;
+    if (seen.has(key)) problems.push({ where: `cluster.peers[${i}]`, problem: `${key} is listed twice` });
+    seen.add(key);
+    const port = Number(u.port || (u.protocol === 'https:' ? 443 : 80));
+    const local = ['127.0.0.1', 'localhost', '[::1]', c.server.host].includes(u.hostname);
+    if (local && port === c.server.port && c.server.port !== 0) problems.push({ where: `cluster.peers[${i}]`, problem: `${key} is this node's own server.port: a node must not list itself` });
+  });
+}
+
 function hasCredentials(url: string): boolean {
   try {
     const u = new URL(url);
@@ -242,11 +279,7 @@ function crossCheck(c: Config, problems: ConfigProblem[]): void {
       if (!targetNames.has(t)) problems.push({ where: `routes[${i}].targets[${j}]`, problem: `no target is named "${t}"` });
     });
   });
-  if (c.cluster.ack === 'quorum') {
-    // Acknowledging after the local fsync while the config asks for peers' fsyncs would
-    // break the promise the key makes: refused until replication exists.
-    problems.push({ where: 'cluster.ack', problem: '"quorum" is not supported by this version (no replication yet); use "local"' });
-  }
+  checkCluster(c, problems);
   c.targets.forEach((t, i) => {
     // An ordered target sends nothing past a retrying request, so its oldest entries never
     // leave the main line for the dead letters: the bound could not hold.
@@ -282,7 +315,7 @@ export function displayConfig(config: Config): unknown {
       case 'tables':
         return (value as Record<string, unknown>[]).map((v) => walkTable(v, spec.fields));
       case 'string':
-        return spec.optional && /token/.test(spec.doc) ? '(set)' : value;
+        return spec.optional && /token|secret/i.test(spec.doc) ? '(set)' : value;
       default:
         return value;
     }

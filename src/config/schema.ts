@@ -191,7 +191,11 @@ export const SCHEMA: Record<string, Spec> = {
     doc: 'Replication between crowd nodes.',
     fields: {
       peers: { kind: 'list', doc: 'Ingest URLs of the other nodes.', default: [], of: { kind: 'string', doc: 'peer URL', pattern: /^https?:\/\/\S+$/, hint: 'an http:// or https:// URL' }, max_items: LIMITS.peers_max },
-      ack: { kind: 'enum', doc: 'local: ack after the local fsync; quorum: also after enough peers fsynced.', default: 'local', values: ['local', 'quorum'] },
+      ack: { kind: 'enum', doc: 'local: ack after the local fsync (replication follows behind); quorum: ack only once cluster.min_insync copies (this node included) are fsynced.', default: 'local', values: ['local', 'quorum'] },
+      secret: { kind: 'string', doc: 'Shared secret every node presents on /_crowd/replicate (required with peers, or secret_file).', optional: true, pattern: /^\S{16,}$/, hint: 'at least 16 characters, no spaces' },
+      secret_file: { kind: 'string', doc: 'A file holding the shared secret (instead of secret; one line, at least 16 characters).', optional: true },
+      min_insync: { kind: 'number', doc: 'Copies flushed (this node included) before a quorum ack; 0 = a majority of 1 + peers.', default: 0, min: 0, max: LIMITS.peers_max + 1, integer: true },
+      ack_timeout: { kind: 'duration', doc: 'A quorum not reached in this time: 503 + Retry-After (the request stays stored and may still be delivered).', default: '2s', min_ms: 10, max_ms: 60_000 },
     },
   },
 };
@@ -239,5 +243,14 @@ export interface Config {
   readonly routes: readonly RouteConfig[];
   readonly targets: readonly TargetConfig[];
   readonly delivery: { readonly max_read_ahead_bytes: number };
-  readonly cluster: { readonly peers: readonly string[]; readonly ack: 'local' | 'quorum' };
+  readonly cluster: {
+    readonly peers: readonly string[];
+    readonly ack: 'local' | 'quorum';
+    /** Resolved from secret or secret_file. */
+    readonly secret?: string;
+    readonly secret_file?: string;
+    /** Resolved: a majority when 0 was configured. */
+    readonly min_insync: number;
+    readonly ack_timeout: number;
+  };
 }

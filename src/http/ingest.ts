@@ -68,9 +68,20 @@ class Stored implements Pending, AppendWaiter {
     readonly remote: string,
   ) {}
 
+  offset = 0;
+
   appended(err: Error | null): void {
-    this.server.acknowledge(this, this.res, err);
+    if (err === null && this.server.quorum) this.server.awaitQuorum(this);
+    else this.server.acknowledge(this, this.res, err);
   }
+}
+
+/** Quorum acknowledgements (cluster.ack = "quorum"), provided by the replicator. */
+export interface QuorumGate {
+  /** Why a new request would get 503 at once (too few live peers), or null. */
+  refusal(): string | null;
+  /** Calls `done(null)` once `offset` is flushed on enough peers, else `done(reason)` at the deadline; in append order. */
+  await(offset: number, done: (timeout: string | null) => void): void;
 }
 
 export interface IngestDeps {
@@ -80,6 +91,10 @@ export interface IngestDeps {
   readonly metrics: Metrics;
   /** Called once per acknowledged (flushed) request with its route, even if the client left. */
   readonly accepted?: (route: string) => void;
+  /** With cluster.ack = "quorum": the gate every flushed request passes before its 2xx. */
+  readonly quorum?: QuorumGate;
+  /** Adds routes to the ingest app before the catch-all (the replication WebSocket). */
+  readonly routes?: (app: TemplatedApp) => void;
   /** Where warnings about the descriptor limit go; default: a logger of its own on stdout. */
   readonly logger?: Logger;
   /** The 503 text for a refusal, when the node has a more specific one (e.g. who holds the log). */
@@ -121,7 +136,9 @@ export class IngestServer {
     this.acked = new Map(deps.config.routes.map((r) => [r.name, deps.metrics.ingestCounter(r.name, deps.config.server.ack_status)]));
     this.maxReceiving = deps.config.server.max_receiving_bytes;
     this.maxReceivingLarge = Math.max(Math.floor(this.maxReceiving * LARGE_SHARE), deps.config.server.max_body_bytes);
+    this.quorum = deps.quorum ?? null;
     this.app = deps.uws.App();
+    deps.routes?.(this.app);
     this.app.any('/*', (res, req) => this.handle(res, req.getCaseSensitiveMethod(), req.getUrl(), req));
   }
 
@@ -398,21 +415,40 @@ export class IngestServer {
       this.reply(state.res, 503, errorBody(this.deps.refusalText?.(refusal) ?? REFUSAL_TEXT[refusal]), state.route, ['Retry-After', this.retryAfter], this.draining);
       return;
     }
+    const quorumRefusal = this.quorum?.refusal() ?? null;
+    if (quorumRefusal !== null) {
+      this.finish(state);
+      this.reply(state.res, 503, errorBody(quorumRefusal), state.route, ['Retry-After', this.retryAfter], false);
+      return;
+    }
     const receivedAt = Date.now();
     const id = newId(receivedAt);
     state.id = id;
     const body = state.body;
     state.body = EMPTY;
-    this.deps.log.append({ id, received_at: receivedAt, route: state.route, method: state.method, path: state.path, query: state.query, headerList: state.headers, remote: state.remote, body }, state);
+    state.offset = this.deps.log.append({ id, received_at: receivedAt, route: state.route, method: state.method, path: state.path, query: state.query, headerList: state.headers, remote: state.remote, body }, state);
+  }
+
+  /**
+   * Flushed here; the 2xx waits for the peers. The request is stored and will be delivered
+   * whatever the quorum's outcome, so it counts as accepted now.
+   */
+  awaitQuorum(state: Stored): void {
+    this.deps.accepted?.(state.route);
+    this.quorum!.await(state.offset, (timeout) => this.acknowledge(state, state.res, null, timeout));
   }
 
   /** Answers a stored request once its transaction is flushed (or failed). */
-  acknowledge(state: Stored, res: HttpResponse, err: Error | null): void {
+  acknowledge(state: Stored, res: HttpResponse, err: Error | null, quorumTimeout?: string | null): void {
     this.finish(state);
-    if (err === null) this.deps.accepted?.(state.route);
+    if (err === null && quorumTimeout === undefined) this.deps.accepted?.(state.route);
     if (state.aborted) return;
     if (err) {
       this.reply(res, 503, errorBody(REFUSAL_TEXT.failed), state.route, ['Retry-After', this.retryAfter], true);
+      return;
+    }
+    if (quorumTimeout) {
+      this.reply(res, 503, errorBody(quorumTimeout), state.route, ['Retry-After', this.retryAfter], this.draining);
       return;
     }
     this.acked.get(state.route)!.inc();
@@ -426,6 +462,8 @@ export class IngestServer {
       else res.end(okBody(id), close);
     });
   }
+
+  readonly quorum: QuorumGate | null;
 
   private finish(state: Pending): void {
     if (!state.answered && !state.aborted) this.open--;

@@ -104,6 +104,12 @@ export class DeliveryStore {
     return out;
   }
 
+  /** The lowest offset parked for a retry, or null. */
+  firstRetry(target: string): number | null {
+    for (const key of this.retries.getKeys({ start: [target, 0], end: [target, MAX_OFFSET], limit: 1 })) return key[1];
+    return null;
+  }
+
   retry(target: string, offset: number): Held | undefined {
     const v = this.retries.get([target, offset]);
     return v === undefined ? undefined : decodeHeld(v);

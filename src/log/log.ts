@@ -21,7 +21,9 @@
 import { strict as assert } from 'node:assert';
 import { join } from 'node:path';
 import type { Database, RootDatabase } from 'lmdb';
+import { randomBytes } from 'node:crypto';
 import { CrowdError } from '../errors';
+import { Replica, type ReplicaKey, type ReplicaMeta } from './replica';
 import { decodeEnvelope, encodeEnvelope, routeOf, type Envelope, type EnvelopeInput } from './codec';
 import { DeliveryStore } from './delivery-store';
 import { makeLogDir } from './dir';
@@ -128,6 +130,10 @@ export class Log {
   /** Consumer offsets, retrying requests and dead letters. */
   readonly delivery: DeliveryStore;
   private readonly meta: Database<unknown, string>;
+  private readonly replicaDb: Database<Buffer, ReplicaKey>;
+  private readonly replicaMap = new Map<string, Replica>();
+  /** This log's random id, minted when it was created: (node_id, incarnation) names it on peers. */
+  incarnation = '';
   private readonly opts: LogOptions;
   private readonly now: () => number;
 
@@ -173,6 +179,7 @@ export class Log {
       this.consumersDb = this.env.openDB<number, string>({ name: 'consumers', encoding: 'json', cache: false });
       this.meta = this.env.openDB<unknown, string>({ name: 'meta', encoding: 'json', cache: false });
       const held = { encoding: 'binary' as const, keyEncoding: 'ordered-binary' as const, cache: false, compression: false };
+      this.replicaDb = this.env.openDB<Buffer, ReplicaKey>({ name: 'replicas', ...held });
       this.delivery = new DeliveryStore(
         this.env,
         this.consumersDb,
@@ -205,7 +212,12 @@ export class Log {
     const last = log.lastStoredOffset();
     const floor = (log.meta.get('offset_floor') as number | undefined) ?? 1;
     log.nextOffset = Math.max(last + 1, floor);
+    log.incarnation = (log.meta.get('incarnation') as string | undefined) ?? '';
     if (!opts.readOnly) {
+      if (!log.incarnation) {
+        log.incarnation = randomBytes(8).toString('hex');
+        log.meta.put('incarnation', log.incarnation);
+      }
       await durable(log.meta.put('opened_at', log.now()));
     }
     // Retention may have emptied the log: everything below the floor was durable.
@@ -710,6 +722,55 @@ export class Log {
     if (!this.opts.readOnly && (this.failure || opts.leaveOpen)) return;
     await this.env.close();
     this.unlock?.();
+  }
+
+  /**
+   * The stored records (as their bytes) from the one holding `from` through the durable
+   * watermark: at least one record when there is one, then as many as fit in `maxBytes`.
+   */
+  readRecords(from: number, maxBytes: number): { key: number; last: number; bytes: Buffer }[] {
+    if (this.closed) throw this.closedError();
+    const out: { key: number; last: number; bytes: Buffer }[] = [];
+    const end = this.durable;
+    if (from > end) return out;
+    let start = from;
+    for (const key of this.entries.getKeys({ start: from, reverse: true, limit: 1 })) start = key;
+    let bytes = 0;
+    for (const { key, value } of this.entries.getRange({ start, end: end + 1 })) {
+      const last = key + recordCount(value) - 1;
+      if (last > end) break; // the durable watermark is always at a record's end; defensive
+      if (out.length > 0 && bytes + value.length > maxBytes) break;
+      out.push({ key, last, bytes: Buffer.from(value) });
+      bytes += value.length;
+    }
+    return out;
+  }
+
+  /** The replica of (origin, incarnation) held here; created (empty) when `create`. */
+  replica(origin: string, incarnation: string, create = false): Replica | null {
+    const k = Replica.metaKey(origin, incarnation);
+    let r = this.replicaMap.get(k);
+    if (r) return r;
+    let meta = this.meta.get(k) as ReplicaMeta | undefined;
+    if (!meta) {
+      if (!create || this.opts.readOnly) return null;
+      meta = { origin, incarnation, created_at: this.now(), gaps: 0, finished: {} };
+      void this.write(() => durable(this.meta.put(k, meta)));
+    }
+    r = new Replica(origin, incarnation, this.replicaDb, this.meta, meta, (op) => this.write(op));
+    this.replicaMap.set(k, r);
+    return r;
+  }
+
+  /** Every replica held here, oldest first by creation. */
+  replicas(): Replica[] {
+    const out: Replica[] = [];
+    for (const { value } of this.meta.getRange({ start: 'replica:', end: 'replica;' })) {
+      const m = value as ReplicaMeta;
+      const r = this.replica(m.origin, m.incarnation);
+      if (r) out.push(r);
+    }
+    return out.sort((a, b) => a.createdAt() - b.createdAt());
   }
 
   private closedError(): CrowdError {

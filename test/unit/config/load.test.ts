@@ -118,7 +118,29 @@ t.test('rules across keys', async (t) => {
   t.match(all, /routes\[2\]\.path: "\/healthz" overlaps "\/healthz"/);
   t.match(all, /routes\[3\]\.path: "\/_crowd\/\*" overlaps "\/_crowd"/);
   t.match(all, /routes\[4\]\.path: "\/\*" overlaps "\/healthz"/);
-  t.match(all, /cluster\.ack: "quorum" is not supported by this version/);
+  t.match(all, /cluster\.ack: "quorum" needs cluster\.peers/);
+});
+
+t.test('cluster: secret required with peers, min_insync resolved and bounded, peers checked', async (t) => {
+  t.match(problems('[cluster]\npeers = ["http://10.0.0.2:8080"]\n'), [/cluster\.secret: is required when cluster\.peers is set/]);
+  t.match(problems('[cluster]\npeers = ["http://10.0.0.2:8080"]\nsecret = "short"\n'), [/cluster\.secret: .*at least 16 characters/]);
+  const base = '[cluster]\nsecret = "0123456789abcdef"\n';
+  const two = parseConfigText(base + 'peers = ["http://10.0.0.2:8080", "http://10.0.0.3:8080"]\n', 'c.toml');
+  t.equal(two.cluster.min_insync, 2, 'default: a majority of 3');
+  t.equal(parseConfigText(base + 'peers = ["http://10.0.0.2:8080"]\n', 'c.toml').cluster.min_insync, 2, 'a majority of 2 is 2');
+  t.equal(parseConfigText(base + 'peers = ["http://a:1", "http://b:1", "http://c:1", "http://d:1"]\n', 'c.toml').cluster.min_insync, 3, 'a majority of 5');
+  t.equal(two.cluster.ack_timeout, 2000, 'ack_timeout default 2s');
+  t.match(problems(base + 'peers = ["http://10.0.0.2:8080"]\nmin_insync = 3\n'), [/cluster\.min_insync: 3 is more than the 2 nodes this one knows/]);
+  t.match(problems(base + 'peers = ["http://10.0.0.2:8080", "http://10.0.0.2:8080/"]\n'), [/cluster\.peers\[1\]: http:\/\/10\.0\.0\.2:8080 is listed twice/]);
+  t.match(problems(base + 'peers = ["http://10.0.0.2:8080/x"]\n'), [/cluster\.peers\[0\]: must be a bare http\(s\):\/\/host:port/]);
+  t.match(problems('[server]\nport = 8080\n' + base + 'peers = ["http://127.0.0.1:8080"]\n'), [/cluster\.peers\[0\]: .*this node's own server\.port: a node must not list itself/]);
+  const dir = mkdtempSync(join(tmpdir(), 'crowd-secret-'));
+  const file = join(dir, 'secret');
+  writeFileSync(file, 'from-a-file-0123456789\n');
+  t.equal(parseConfigText(`[cluster]\npeers = ["http://10.0.0.2:8080"]\nsecret_file = "${file}"\n`, 'c.toml').cluster.secret, 'from-a-file-0123456789', 'secret_file read, newline dropped');
+  writeFileSync(file, 'short\n');
+  t.match(problems(`[cluster]\npeers = ["http://10.0.0.2:8080"]\nsecret_file = "${file}"\n`), [/cluster\.secret_file: .* must hold one line of at least 16 characters/]);
+  t.match(problems(`[cluster]\npeers = ["http://10.0.0.2:8080"]\nsecret_file = "${join(dir, 'none')}"\n`), [/cluster\.secret_file: cannot read .*ENOENT/]);
 });
 
 t.test('server.max_receiving_bytes holds at least one largest body', async (t) => {

@@ -1,0 +1,208 @@
+/**
+ * The leader side: serves this node's log to followers on /_crowd/replicate (uWebSockets.js,
+ * the ingest app). Each follower gets the stored records from the offset it asks for, only up
+ * to the durable watermark, then new ones as commits are flushed. Bytes sent and not yet
+ * reported flushed are bounded per follower (`WINDOW_BYTES`); the rest stays in the log and
+ * is read when the follower's reports free the window, so a slow follower costs no memory.
+ */
+import { timingSafeEqual, createHash } from 'node:crypto';
+import type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSockets.js';
+import type { Log } from '../log/log';
+import type { Logger } from '../observability/logger';
+import { parseFollowerMessage, recordFrame, REPLICATE_PATH, type Hello, type Progress } from './protocol';
+
+/** Bytes sent to one follower and not yet reported flushed. */
+export const WINDOW_BYTES = 8 * 1024 * 1024;
+/** One read from the log, at most (a larger record goes alone). */
+const READ_BYTES = 1024 * 1024;
+/** A follower silent this long is closed (it reports at least every progress tick). */
+const IDLE_TIMEOUT_S = 30;
+
+interface Session {
+  nodeId: string;
+  remote: string;
+  /** Set once the follower said what it wants. */
+  next: number;
+  wanting: boolean;
+  /** Sent records not yet reported flushed: their last offsets and sizes, oldest first. */
+  sent: { last: number; bytes: number }[];
+  inFlight: number;
+  flushed: number;
+  lastHeard: number;
+  closed: boolean;
+}
+
+export interface FollowerView {
+  node_id: string;
+  remote: string;
+  flushed_offset: number;
+  in_flight_bytes: number;
+  last_heard: number;
+}
+
+export interface LeaderDeps {
+  readonly log: Log;
+  readonly nodeId: string;
+  readonly secret: string;
+  readonly logger: Logger;
+  /** Per target: the offset below which everything is finished (delivered or dead-lettered). */
+  readonly finished: () => Record<string, number>;
+  readonly onAuthFailure: (remote: string, why: string) => void;
+  /** A follower's flushed offset of this log moved. */
+  readonly onFlushed: () => void;
+}
+
+type Ws = WebSocket<{ session: Session }>;
+
+const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
+
+export class Leader {
+  private readonly sessions = new Map<Ws, Session>();
+  private readonly secretDigest: Buffer;
+
+  constructor(private readonly deps: LeaderDeps) {
+    this.secretDigest = digest(deps.secret);
+  }
+
+  /** Adds the WebSocket route to the ingest app (before it listens). */
+  attach(app: TemplatedApp): void {
+    app.ws<{ session: Session }>(REPLICATE_PATH, {
+      maxPayloadLength: 64 * 1024,
+      maxBackpressure: WINDOW_BYTES * 2,
+      idleTimeout: IDLE_TIMEOUT_S,
+      sendPingsAutomatically: true,
+      upgrade: (res, req, context) => this.upgrade(res, req, context),
+      open: (ws) => this.open(ws as Ws),
+      message: (ws, message, isBinary) => this.message(ws as Ws, message, isBinary),
+      drain: (ws) => this.pump(ws as Ws),
+      close: (ws) => this.close(ws as Ws),
+    });
+  }
+
+  private upgrade(res: HttpResponse, req: HttpRequest, context: unknown): void {
+    const remote = Buffer.from(res.getRemoteAddressAsText()).toString();
+    const auth = req.getHeader('authorization');
+    const nodeId = req.getHeader('crowd-node-id');
+    const key = req.getHeader('sec-websocket-key');
+    const protocol = req.getHeader('sec-websocket-protocol');
+    const extensions = req.getHeader('sec-websocket-extensions');
+    const presented = auth.startsWith('Bearer ') ? auth.slice(7) : '';
+    // Digests of equal length: the comparison takes the same time whatever is presented.
+    if (!timingSafeEqual(digest(presented), this.secretDigest)) {
+      const why = presented === '' ? 'no secret presented' : 'wrong secret';
+      this.deps.onAuthFailure(remote, why);
+      res.writeStatus('401 Unauthorized').end(`replication refused: ${why} (cluster.secret)`, true);
+      return;
+    }
+    if (!/^[\x21-\x7e]{1,128}$/.test(nodeId)) {
+      res.writeStatus('400 Bad Request').end('replication refused: Crowd-Node-Id header missing or malformed', true);
+      return;
+    }
+    if (nodeId === this.deps.nodeId) {
+      this.deps.logger.warn({ event: 'peer_refused', remote, node_id: nodeId }, `replication refused: the peer at ${remote} presents this node's own node_id "${nodeId}" (node_ids must differ)`);
+      res.writeStatus('409 Conflict').end(`replication refused: node_id "${nodeId}" is this node's own`, true);
+      return;
+    }
+    const session: Session = { nodeId, remote, next: 0, wanting: false, sent: [], inFlight: 0, flushed: 0, lastHeard: Date.now(), closed: false };
+    res.upgrade({ session }, key, protocol, extensions, context as never);
+  }
+
+  private open(ws: Ws): void {
+    const session = ws.getUserData().session;
+    this.sessions.set(ws, session);
+    const log = this.deps.log;
+    const hello: Hello = { t: 'hello', node_id: this.deps.nodeId, incarnation: log.incarnation, first: log.firstOffset(), durable: log.durableOffset() };
+    ws.send(JSON.stringify(hello));
+    this.deps.logger.info({ event: 'follower_connected', node_id: session.nodeId, remote: session.remote }, `peer ${session.nodeId} (${session.remote}) follows this log`);
+  }
+
+  private message(ws: Ws, message: ArrayBuffer, isBinary: boolean): void {
+    const session = ws.getUserData().session;
+    session.lastHeard = Date.now();
+    const m = isBinary ? 'a binary frame from a follower' : parseFollowerMessage(Buffer.from(message).toString());
+    if (typeof m === 'string') return this.refuse(ws, session, m);
+    if (m.incarnation !== this.deps.log.incarnation) return this.refuse(ws, session, `asks for incarnation ${m.incarnation}; this log is ${this.deps.log.incarnation}`);
+    if (m.t === 'want') {
+      // From the record holding `from`; below the first offset (retention), from the first.
+      session.next = Math.max(m.from, this.deps.log.firstOffset(), 1);
+      session.wanting = true;
+      session.flushed = Math.max(session.flushed, m.from - 1);
+      this.pump(ws);
+      this.deps.onFlushed();
+      return;
+    }
+    if (m.offset > this.deps.log.durableOffset()) return this.refuse(ws, session, `reports offset ${m.offset} flushed; this log is durable through ${this.deps.log.durableOffset()}`);
+    if (m.offset > session.flushed) {
+      session.flushed = m.offset;
+      while (session.sent.length > 0 && session.sent[0]!.last <= m.offset) session.inFlight -= session.sent.shift()!.bytes;
+      this.deps.onFlushed();
+      this.pump(ws);
+    }
+  }
+
+  private refuse(ws: Ws, session: Session, why: string): void {
+    this.deps.logger.warn({ event: 'follower_refused', node_id: session.nodeId, remote: session.remote, reason: why }, `replication to ${session.nodeId} (${session.remote}) closed: ${why}`);
+    if (!session.closed) ws.end(1008, why.slice(0, 120));
+  }
+
+  private close(ws: Ws): void {
+    const session = this.sessions.get(ws);
+    if (!session) return;
+    session.closed = true;
+    this.sessions.delete(ws);
+    this.deps.logger.info({ event: 'follower_disconnected', node_id: session.nodeId, remote: session.remote }, `peer ${session.nodeId} (${session.remote}) stopped following this log`);
+    this.deps.onFlushed();
+  }
+
+  /** Sends what the follower's window and the socket's buffer allow, up to the durable watermark. */
+  private pump(ws: Ws): void {
+    const session = this.sessions.get(ws);
+    if (!session || session.closed || !session.wanting) return;
+    const log = this.deps.log;
+    while (session.next <= log.durableOffset() && session.inFlight < WINDOW_BYTES && ws.getBufferedAmount() < WINDOW_BYTES) {
+      const records = log.readRecords(session.next, Math.min(READ_BYTES, WINDOW_BYTES - session.inFlight));
+      if (records.length === 0) break;
+      ws.cork(() => {
+        for (const r of records) {
+          ws.send(recordFrame(r.key, r.bytes), true);
+          session.sent.push({ last: r.last, bytes: r.bytes.length });
+          session.inFlight += r.bytes.length;
+          session.next = r.last + 1;
+        }
+      });
+    }
+  }
+
+  /** New records are durable: send them. */
+  onDurable(): void {
+    for (const ws of this.sessions.keys()) this.pump(ws);
+  }
+
+  /** The progress message, to every follower (about every second; also the heartbeat). */
+  tick(): void {
+    const log = this.deps.log;
+    const progress: Progress = { t: 'progress', first: log.firstOffset(), durable: log.durableOffset(), finished: this.deps.finished() };
+    const text = JSON.stringify(progress);
+    for (const [ws, s] of this.sessions) if (!s.closed) ws.send(text);
+  }
+
+  /** Flushed offsets of this log, one per connected follower (by node_id, the highest). */
+  followers(): FollowerView[] {
+    const byNode = new Map<string, FollowerView>();
+    for (const s of this.sessions.values()) {
+      if (s.closed) continue;
+      const v: FollowerView = { node_id: s.nodeId, remote: s.remote, flushed_offset: s.flushed, in_flight_bytes: s.inFlight, last_heard: s.lastHeard };
+      const had = byNode.get(s.nodeId);
+      if (!had || had.flushed_offset < v.flushed_offset) byNode.set(s.nodeId, v);
+    }
+    return [...byNode.values()];
+  }
+
+  closeAll(): void {
+    for (const [ws, s] of this.sessions) {
+      s.closed = true;
+      ws.end(1001, 'node stopping');
+    }
+    this.sessions.clear();
+  }
+}
