@@ -196,6 +196,8 @@ export class CrowdNode {
     while (Date.now() < deadline && ((this.ingest?.openRequests() ?? 0) > 0 || (this.log?.stats().pending_writes ?? 0) > 0)) {
       await new Promise((r) => setTimeout(r, 5));
     }
+    // Followers' connections are not requests: closed here (after the last quorum answers) so they do not hold the stop.
+    this.replicator?.stopServing();
     const open = this.ingest?.openRequests() ?? 0;
     if (open > 0) logger.warn({ event: 'stop_timeout', open_requests: open }, `${open} requests still open after ${SHUTDOWN_GRACE_MS} ms; their connections close`);
     // Open (keep-alive) connections keep getting 503 + Connection: close until they close, within

@@ -205,11 +205,23 @@ export class PeerLink {
     });
   }
 
-  /** Drops a connection that went silent (a stopped or partitioned leader). */
+  /**
+   * Every second: drops a connection that went silent (a stopped or partitioned leader), and
+   * repeats the flushed report, which is also this follower's heartbeat (the leader counts
+   * only followers heard recently toward a quorum).
+   */
   check(now = Date.now()): void {
-    if (this.ws && this.state === 'connected' && this.lastHeard !== null && now - this.lastHeard > SILENCE_MS) {
+    const ws = this.ws;
+    if (!ws || this.state !== 'connected') return;
+    if (this.lastHeard !== null && now - this.lastHeard > SILENCE_MS) {
       this.deps.logger.warn({ event: 'peer_silent', peer: this.url, node_id: this.nodeId }, `${this.url} silent for ${now - this.lastHeard} ms: reconnecting`);
-      this.ws.terminate();
+      ws.terminate();
+      return;
+    }
+    const r = this.replica;
+    if (r && ws.readyState === WebSocket.OPEN) {
+      const m: Flushed = { t: 'flushed', incarnation: r.incarnation, offset: r.flushed() };
+      ws.send(JSON.stringify(m));
     }
   }
 

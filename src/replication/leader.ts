@@ -17,6 +17,8 @@ export const WINDOW_BYTES = 8 * 1024 * 1024;
 const READ_BYTES = 1024 * 1024;
 /** A follower silent this long is closed (it reports at least every progress tick). */
 const IDLE_TIMEOUT_S = 30;
+/** A follower heard within this time counts as live for the quorum (it reports every second). */
+export const LIVE_MS = 3000;
 
 interface Session {
   nodeId: string;
@@ -38,6 +40,8 @@ export interface FollowerView {
   flushed_offset: number;
   in_flight_bytes: number;
   last_heard: number;
+  /** Heard within LIVE_MS. */
+  live: boolean;
 }
 
 export interface LeaderDeps {
@@ -59,6 +63,7 @@ const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
 export class Leader {
   private readonly sessions = new Map<Ws, Session>();
   private readonly secretDigest: Buffer;
+  private stopped = false;
 
   constructor(private readonly deps: LeaderDeps) {
     this.secretDigest = digest(deps.secret);
@@ -87,6 +92,10 @@ export class Leader {
     const protocol = req.getHeader('sec-websocket-protocol');
     const extensions = req.getHeader('sec-websocket-extensions');
     const presented = auth.startsWith('Bearer ') ? auth.slice(7) : '';
+    if (this.stopped) {
+      res.writeStatus('503 Service Unavailable').end('replication refused: this node is stopping', true);
+      return;
+    }
     // Digests of equal length: the comparison takes the same time whatever is presented.
     if (!timingSafeEqual(digest(presented), this.secretDigest)) {
       const why = presented === '' ? 'no secret presented' : 'wrong secret';
@@ -123,6 +132,8 @@ export class Leader {
     if (typeof m === 'string') return this.refuse(ws, session, m);
     if (m.incarnation !== this.deps.log.incarnation) return this.refuse(ws, session, `asks for incarnation ${m.incarnation}; this log is ${this.deps.log.incarnation}`);
     if (m.t === 'want') {
+      // A follower never holds more of this incarnation than this log made durable.
+      if (m.from > this.deps.log.durableOffset() + 1) return this.refuse(ws, session, `asks for the log from ${m.from}, past its durable end ${this.deps.log.durableOffset()}: the replica and this log disagree`);
       // From the record holding `from`; below the first offset (retention), from the first.
       session.next = Math.max(m.from, this.deps.log.firstOffset(), 1);
       session.wanting = true;
@@ -131,7 +142,9 @@ export class Leader {
       this.deps.onFlushed();
       return;
     }
-    if (m.offset > this.deps.log.durableOffset()) return this.refuse(ws, session, `reports offset ${m.offset} flushed; this log is durable through ${this.deps.log.durableOffset()}`);
+    if (!session.wanting) return this.refuse(ws, session, 'reports a flushed offset before asking for the log');
+    // Only what this connection sent, or what the follower held when it asked, can be flushed there.
+    if (m.offset >= session.next && m.offset > session.flushed) return this.refuse(ws, session, `reports offset ${m.offset} flushed; it was sent only through ${session.next - 1}`);
     if (m.offset > session.flushed) {
       session.flushed = m.offset;
       while (session.sent.length > 0 && session.sent[0]!.last <= m.offset) session.inFlight -= session.sent.shift()!.bytes;
@@ -189,16 +202,19 @@ export class Leader {
   /** Flushed offsets of this log, one per connected follower (by node_id, the highest). */
   followers(): FollowerView[] {
     const byNode = new Map<string, FollowerView>();
+    const now = Date.now();
     for (const s of this.sessions.values()) {
       if (s.closed) continue;
-      const v: FollowerView = { node_id: s.nodeId, remote: s.remote, flushed_offset: s.flushed, in_flight_bytes: s.inFlight, last_heard: s.lastHeard };
+      const v: FollowerView = { node_id: s.nodeId, remote: s.remote, flushed_offset: s.flushed, in_flight_bytes: s.inFlight, last_heard: s.lastHeard, live: now - s.lastHeard <= LIVE_MS };
       const had = byNode.get(s.nodeId);
       if (!had || had.flushed_offset < v.flushed_offset) byNode.set(s.nodeId, v);
     }
     return [...byNode.values()];
   }
 
+  /** Closes every follower's connection and refuses new ones (the node is stopping). */
   closeAll(): void {
+    this.stopped = true;
     for (const [ws, s] of this.sessions) {
       s.closed = true;
       ws.end(1001, 'node stopping');

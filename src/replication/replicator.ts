@@ -9,7 +9,7 @@ import type { Log } from '../log/log';
 import type { Logger } from '../observability/logger';
 import type { QuorumGate } from '../http/ingest';
 import type { TemplatedApp } from '../http/uws';
-import { Leader, type FollowerView } from './leader';
+import { Leader, LIVE_MS, type FollowerView } from './leader';
 import { PeerLink, type LinkView } from './follower';
 
 const TICK_MS = 1000;
@@ -141,9 +141,9 @@ export class Replicator implements QuorumGate {
   // QuorumGate
 
   refusal(): string | null {
-    const live = this.leader.followers().length;
+    const live = this.leader.followers().filter((f) => f.live).length;
     if (live >= this.needed) return null;
-    return `quorum unreachable: ${live} of the ${this.needed} peers cluster.min_insync needs are replicating from this node; retry later`;
+    return `quorum unreachable: ${live} of the ${this.needed} peers cluster.min_insync needs are replicating from this node (heard within ${LIVE_MS / 1000} s); retry later`;
   }
 
   await(offset: number, done: (timeout: string | null) => void): void {
@@ -201,6 +201,11 @@ export class Replicator implements QuorumGate {
       replicas: this.deps.log.replicas().map((r) => r.info()),
       quorum_waiting: this.waiters.length - this.head,
     };
+  }
+
+  /** Stops serving this node's log (followers disconnected, new ones refused); the links to peers go on. */
+  stopServing(): void {
+    this.leader.closeAll();
   }
 
   stop(): void {
