@@ -99,6 +99,7 @@ export class CrowdNode {
       maxBytes: config.log.max_bytes,
       retentionMs: config.log.retention,
       consumers: config.targets.map((t) => t.name),
+      replicaLogs: config.cluster.peers.length,
     });
     this.log = log;
     log.onBatch((count, seconds) => {

@@ -56,8 +56,17 @@ interface StatusJson {
   ingest: { host: string; port: number | null };
   log: { dir: string; first_offset?: number; last_offset?: number; durable_offset?: number; bytes?: number; max_bytes?: number; pending_writes?: number; over_max_bytes?: boolean; held_by?: string[] };
   targets: { name: string; url: string; offset: number; lag: number; state: string; in_flight: number; retrying: number; dead_letters: number; delivered: number; last_error: { at: string; status: number | null; message: string } | null; next_attempt_at: string | null }[];
-  peers: { url: string; state: string }[];
+  incarnation?: string | null;
+  cluster?: {
+    ack: string;
+    min_insync: number;
+    quorum_waiting: number;
+    replicas: { origin: string; incarnation: string; first_offset: number; last_offset: number; flushed_offset: number; bytes: number; gaps: number; finished: Record<string, number> }[];
+  };
+  peers: { url: string; state: string; node_id: string | null; incarnation: string | null; flushed_offset: number | null; lag: number | null; last_heard: number | null; reason?: string }[];
 }
+
+const ago = (ms: number | null): string => (ms === null ? 'never' : `${Math.max(0, Math.round((Date.now() - ms) / 100) / 10)} s ago`);
 
 export async function statusCommand({ config }: LoadedConfig, asJson: boolean): Promise<void> {
   const s = (await adminGet(config, '/status')) as StatusJson;
@@ -78,8 +87,16 @@ export async function statusCommand({ config }: LoadedConfig, asJson: boolean): 
       `    offset ${t.offset}  lag ${t.lag}  in flight ${t.in_flight}  retrying ${t.retrying}  dead letters ${t.dead_letters}  delivered ${t.delivered}`,
       ...(t.last_error ? [`    last error ${t.last_error.at}: ${t.last_error.message}`] : []),
     ]),
+    ...(s.cluster ? [`cluster   incarnation ${s.incarnation}  ack ${s.cluster.ack}  min_insync ${s.cluster.min_insync}${s.cluster.quorum_waiting ? `  waiting for quorum ${s.cluster.quorum_waiting}` : ''}`] : []),
     `peers     ${s.peers.length === 0 ? '(none)' : ''}`,
-    ...s.peers.map((p) => `  ${p.url}  ${p.state}`),
+    ...s.peers.flatMap((p) => [
+      `  ${p.url}  ${p.state}${p.node_id ? `  ${p.node_id}/${p.incarnation}` : ''}  last heard ${ago(p.last_heard)}`,
+      `    flushed here ${p.flushed_offset ?? '-'}  lag ${p.lag ?? '-'}${p.reason ? `  (${p.reason})` : ''}`,
+    ]),
+    `replicas  ${!s.cluster || s.cluster.replicas.length === 0 ? '(none)' : ''}`,
+    ...(s.cluster?.replicas ?? []).map(
+      (r) => `  ${r.origin}/${r.incarnation}  offsets ${r.first_offset}..${r.flushed_offset}  bytes ${r.bytes}${r.gaps ? `  gaps ${r.gaps}` : ''}  finished ${Object.entries(r.finished).map(([k, v]) => `${k}=${v}`).join(' ') || '-'}`,
+    ),
   ];
   process.stdout.write(lines.join('\n') + '\n');
 }

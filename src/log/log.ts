@@ -45,6 +45,8 @@ export interface LogOptions {
   readonly consumers: readonly string[];
   readonly readOnly?: boolean;
   readonly now?: () => number;
+  /** Peers whose logs this environment also holds as replicas (each up to its own max_bytes): sizes the map. */
+  readonly replicaLogs?: number;
 }
 
 /** Told once whether its append was flushed (null) or failed. */
@@ -174,7 +176,7 @@ export class Log {
       this.unlock = lockLogDir(opts.dir);
     }
     try {
-      this.env = openEnvironment({ path: join(opts.dir, 'crowd.mdb'), readOnly: opts.readOnly ?? false, mapSize: Math.max(MIN_MAP_SIZE, 4 * opts.maxBytes), maxDbs: 8 });
+      this.env = openEnvironment({ path: join(opts.dir, 'crowd.mdb'), readOnly: opts.readOnly ?? false, mapSize: Math.max(MIN_MAP_SIZE, 4 * opts.maxBytes * (1 + (opts.replicaLogs ?? 0))), maxDbs: 8 });
       this.entries = this.env.openDB<Buffer, number>({ name: 'entries', encoding: 'binary', keyEncoding: 'ordered-binary', cache: false, compression: false });
       this.consumersDb = this.env.openDB<number, string>({ name: 'consumers', encoding: 'json', cache: false });
       this.meta = this.env.openDB<unknown, string>({ name: 'meta', encoding: 'json', cache: false });

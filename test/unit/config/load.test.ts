@@ -181,3 +181,16 @@ t.test('lookup order: flag, CROWD_CONFIG, ./crowd.toml, defaults', async (t) => 
   const missing = join(dir, 'missing.toml');
   t.throws(() => loadConfig(missing, {}), { code: 'CROWD_ERR_CONFIG', message: new RegExp(`${missing}: file: cannot read the file \\(ENOENT\\)`) });
 });
+
+t.test('config/cluster: a three-node set where each node lists the other two', async (t) => {
+  const nodes = ['a', 'b', 'c'].map((n) => loadConfig(join(ROOT, 'config', 'cluster', `node-${n}.toml`)).config);
+  const urls = nodes.map((c) => `http://127.0.0.1:${c.server.port}`);
+  nodes.forEach((c, i) => {
+    t.equal(c.node_id, 'abc'[i]);
+    t.same([...c.cluster.peers].sort(), urls.filter((_, j) => j !== i).sort(), `${c.node_id} lists the other two`);
+    t.equal(c.cluster.ack, 'quorum');
+    t.equal(c.cluster.min_insync, 2);
+  });
+  t.equal(new Set(nodes.map((c) => c.log.dir)).size, 3, 'a log directory each');
+  t.equal(new Set(nodes.map((c) => c.admin.port)).size, 3, 'an admin port each');
+});
