@@ -21,9 +21,10 @@ import { scenario as ingest } from './scenarios/ingest';
 import { scenario as latency } from './scenarios/latency';
 import { scenario as payload } from './scenarios/payload';
 import { scenario as recovery } from './scenarios/recovery';
+import { scenario as replication } from './scenarios/replication';
 
 /** In this order: latency and e2e use ingest's measured maximum. */
-const SCENARIOS: readonly Scenario[] = [ingest, latency, drain, e2e, recovery, payload];
+const SCENARIOS: readonly Scenario[] = [ingest, latency, drain, e2e, recovery, payload, replication];
 
 const USAGE = `usage: node dist/bench/suite.js [--full] [--only NAME,...] [--list]
   --full        longer runs and larger backlogs (make bench-full); default: quick (make bench)

@@ -175,7 +175,10 @@ export class Leader {
     while (session.next <= log.durableOffset() && session.inFlight < WINDOW_BYTES && ws.getBufferedAmount() < WINDOW_BYTES) {
       const records = log.readRecords(session.next, Math.min(READ_BYTES, WINDOW_BYTES - session.inFlight));
       if (records.length === 0) break;
+      // Retention removed what came next: the follower learns the new first offset before the jump.
+      const jump = records[0]!.key > session.next;
       ws.cork(() => {
+        if (jump) ws.send(this.progressText());
         for (const r of records) {
           ws.send(recordFrame(r.key, r.bytes), true);
           session.sent.push({ last: r.last, bytes: r.bytes.length });
@@ -193,10 +196,14 @@ export class Leader {
 
   /** The progress message, to every follower (about every second; also the heartbeat). */
   tick(): void {
+    const text = this.progressText();
+    for (const [ws, s] of this.sessions) if (!s.closed) ws.send(text);
+  }
+
+  private progressText(): string {
     const log = this.deps.log;
     const progress: Progress = { t: 'progress', first: log.firstOffset(), durable: log.durableOffset(), finished: this.deps.finished() };
-    const text = JSON.stringify(progress);
-    for (const [ws, s] of this.sessions) if (!s.closed) ws.send(text);
+    return JSON.stringify(progress);
   }
 
   /** Flushed offsets of this log, one per connected follower (by node_id, the highest). */

@@ -6,7 +6,7 @@ import t from 'tap';
 import { rmSync } from 'node:fs';
 import { LoadClient, type Ack } from '../helpers/load';
 import { request } from '../helpers/http';
-import { waitFor } from '../helpers/upstream';
+import { Upstream, waitFor } from '../helpers/upstream';
 import { Cluster, caughtUp, status, tailReplica } from '../helpers/cluster';
 import { runCli, type Crowd } from '../helpers/crowd';
 
@@ -170,4 +170,40 @@ t.test("a wiped node rejoins with a new incarnation; its old log's replica stays
   t.same(fresh.map((e) => [e.offset, e.body]), [...Array(10).keys()].map((i) => [i + 1, `new-${i}`]), 'the new incarnation: its own offsets 1..10');
   const held = (await status(b)).cluster.replicas.filter((r: any) => r.origin === 'a').map((r: any) => r.incarnation);
   t.same(held.sort(), [oldInc, newInc].sort(), 'b holds both');
+});
+
+t.test("a follower behind the leader's retention resumes from its first offset and counts the gap", async (t) => {
+  const up = await Upstream.start(0, () => ({ status: 200 }));
+  const c = await Cluster.create({
+    nodes: 2,
+    ack: 'local',
+    config: { log: { retention: '100ms' }, routes: [{ name: 'leads', path: '/leads', targets: ['api'] }], targets: [{ name: 'api', url: up.url() }] },
+  });
+  t.teardown(async () => {
+    await c.stop();
+    await up.close();
+  });
+  await c.start();
+  const [a, b] = c.nodes as [Crowd, Crowd];
+  for (let i = 0; i < 10; i++) t.equal((await request(a.url('/leads'), { body: `kept-${i}` })).status, 200);
+  await waitFor(async () => (await caughtUp(a)) && (await tailReplica(b, 'a')).length === 10, 10_000, 'b holds the first 10');
+  await b.kill9();
+  for (let i = 0; i < 30; i++) t.equal((await request(a.url('/leads'), { body: `missed-${i}` })).status, 200);
+  // Delivered, then removed by a's retention (housekeeping runs every second here).
+  await waitFor(async () => {
+    const l = (await status(a)).log;
+    return l.last_offset === 40 && l.bytes === 0; // an empty log shows first_offset 0
+  }, 15_000, "a's retention removed everything delivered");
+  for (let i = 0; i < 5; i++) t.equal((await request(a.url('/leads'), { body: `after-${i}` })).status, 200);
+  await b.start();
+  await waitFor(() => caughtUp(a), 15_000, 'b caught up');
+  const replica = await tailReplica(b, 'a');
+  const bodies = replica.map((e) => e.body);
+  // What b held (1..10) was delivered and removed on a too: b follows a's retention below the finished offsets.
+  t.same(bodies, [...Array(5).keys()].map((i) => `after-${i}`), 'b holds what a holds: the entries after the gap');
+  t.same(replica.map((e) => e.offset), [41, 42, 43, 44, 45], 'at their offsets');
+  const m = (await request(b.adminUrl('/metrics'), { method: 'GET' })).body;
+  t.match(m, /^crowd_replication_gaps_total\{origin="a"\} 1$/m, 'the gap is counted');
+  t.ok(b.lines.some((l) => l.includes('"event":"replication_gap"') && l.includes('"from":11')), 'and logged with its range');
+  t.equal((await status(b)).cluster.replicas.find((r: any) => r.origin === 'a').gaps, 1);
 });
