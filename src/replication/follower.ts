@@ -9,6 +9,7 @@ import WebSocket from 'ws';
 import type { Log } from '../log/log';
 import type { Replica } from '../log/replica';
 import type { Logger } from '../observability/logger';
+import { FRAME_BYTES_MAX } from './leader';
 import { parseLeaderMessage, parseRecordFrame, REPLICATE_PATH, type Flushed, type Want } from './protocol';
 
 const BACKOFF_MIN_MS = 100;
@@ -79,7 +80,7 @@ export class PeerLink {
     const ws = new WebSocket(this.wsUrl(), {
       headers: { authorization: `Bearer ${this.deps.secret}`, 'crowd-node-id': this.deps.nodeId },
       handshakeTimeout: 5000,
-      maxPayload: 8 * 1024 * 1024 + 64,
+      maxPayload: FRAME_BYTES_MAX,
       perMessageDeflate: false,
     });
     this.ws = ws;

@@ -7,12 +7,15 @@
  */
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSockets.js';
+import { LIMITS } from '../config/schema';
 import type { Log } from '../log/log';
 import type { Logger } from '../observability/logger';
 import { parseFollowerMessage, recordFrame, REPLICATE_PATH, type Hello, type Progress } from './protocol';
 
 /** Bytes sent to one follower and not yet reported flushed. */
 export const WINDOW_BYTES = 8 * 1024 * 1024;
+/** The largest record frame: one envelope of the largest body crowd can take, with its headers. */
+export const FRAME_BYTES_MAX = 2 * LIMITS.max_body_bytes_max;
 /** One read from the log, at most (a larger record goes alone). */
 const READ_BYTES = 1024 * 1024;
 /** A follower silent this long is closed (it reports at least every progress tick). */
@@ -73,7 +76,9 @@ export class Leader {
   attach(app: TemplatedApp): void {
     app.ws<{ session: Session }>(REPLICATE_PATH, {
       maxPayloadLength: 64 * 1024,
-      maxBackpressure: WINDOW_BYTES * 2,
+      // Past the window, only a record larger than it is sent alone; a drop closes (never a silent gap).
+      maxBackpressure: WINDOW_BYTES + FRAME_BYTES_MAX,
+      closeOnBackpressureLimit: 1,
       idleTimeout: IDLE_TIMEOUT_S,
       sendPingsAutomatically: true,
       upgrade: (res, req, context) => this.upgrade(res, req, context),

@@ -3,6 +3,7 @@
 // turn quorum requests into 503 within cluster.ack_timeout while local acks go on, a wrong
 // secret replicates nothing, and a wiped node's new incarnation never touches its old replica.
 import t from 'tap';
+import { spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { LoadClient, type Ack } from '../helpers/load';
 import { request } from '../helpers/http';
@@ -121,6 +122,9 @@ t.test('peers stopped: quorum requests get 503 within ack_timeout; local acks go
   t.match(m, /^crowd_replication_lag_messages\{peer="http:\/\/127\.0\.0\.1:\d+"\} 0$/m);
   t.match(m, /^crowd_replica_last_offset\{origin="b"\} 20$/m, 'a holds b\'s 20 local acks');
   t.match(m, /^crowd_quorum_wait_seconds_count [1-9]/m);
+  const promtool = spawnSync('promtool', ['check', 'metrics'], { input: m, encoding: 'utf8' });
+  t.equal(promtool.error, undefined, 'promtool is installed (make deps installs the prometheus package)');
+  t.equal(promtool.status, 0, `promtool check metrics with the replication metrics: ${promtool.stdout}${promtool.stderr}`);
 });
 
 t.test('a wrong secret is refused and replicates nothing', async (t) => {
@@ -206,4 +210,21 @@ t.test("a follower behind the leader's retention resumes from its first offset a
   t.match(m, /^crowd_replication_gaps_total\{origin="a"\} 1$/m, 'the gap is counted');
   t.ok(b.lines.some((l) => l.includes('"event":"replication_gap"') && l.includes('"from":11')), 'and logged with its range');
   t.equal((await status(b)).cluster.replicas.find((r: any) => r.origin === 'a').gaps, 1);
+});
+
+t.test('a 12 MiB body (one record larger than the 8 MiB window) is replicated and quorum-acknowledged', async (t) => {
+  const c = await Cluster.create({ nodes: 2, ack: 'quorum', minInsync: 2, config: { server: { max_body_bytes: '16MiB', max_receiving_bytes: '64MiB' } } });
+  t.teardown(() => c.stop());
+  await c.start();
+  const [a, b] = c.nodes as [Crowd, Crowd];
+  await waitFor(() => caughtUp(a), 10_000, 'replicating');
+  const big = 'z'.repeat(12 * 1024 * 1024);
+  const r = await request(a.url('/leads'), { body: big, timeoutMs: 20_000 });
+  t.equal(r.status, 200, `answered ${r.status} ${r.status === 200 ? '' : r.body}`);
+  const small = await request(a.url('/leads'), { body: 'small-after' });
+  t.equal(small.status, 200, 'and the next request too');
+  const replica = await tailReplica(b, 'a');
+  t.equal(replica.length, 2);
+  t.equal(replica[0].body.length, big.length, 'the large body, whole');
+  t.equal(replica[1].body, 'small-after');
 });

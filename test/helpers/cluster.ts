@@ -51,7 +51,7 @@ export class Cluster {
           config: {
             ...(o.config ?? {}),
             node_id: id,
-            server: { host: '127.0.0.1', port: c.ports[i] },
+            server: { ...(o.config?.server ?? {}), host: '127.0.0.1', port: c.ports[i] },
             cluster: { peers, secret: SECRET, ack: o.ack ?? 'quorum', ...(o.minInsync ? { min_insync: o.minInsync } : {}), ...(o.ackTimeout ? { ack_timeout: o.ackTimeout } : {}), ...(over.cluster ?? {}) },
           },
         }),
