@@ -186,7 +186,9 @@ export class Replicator implements QuorumGate {
     return this.links.map((l) => {
       const v = l.view();
       const f = v.node_id !== null ? followers.get(v.node_id) : undefined;
-      return { ...v, flushed_offset: f ? f.flushed_offset : null, lag: f ? Math.max(0, durable - f.flushed_offset) : null };
+      // Below this log's first offset nothing is left to copy: a follower behind it lags only by what remains.
+      const through = f ? Math.max(f.flushed_offset, this.deps.log.firstOffset() - 1) : 0;
+      return { ...v, flushed_offset: f ? f.flushed_offset : null, lag: f ? Math.max(0, durable - through) : null };
     });
   }
 
