@@ -2,7 +2,8 @@
  * The leader side: serves this node's log to followers on /_crowd/replicate (uWebSockets.js,
  * the ingest app). Each follower gets the stored records from the offset it asks for, only up
  * to the durable watermark, then new ones as commits are flushed. Bytes sent and not yet
- * reported flushed are bounded per follower (`WINDOW_BYTES`); the rest stays in the log and
+ * reported flushed are bounded per follower (`WINDOW_BYTES`, or one record when a single
+ * record is larger); the rest stays in the log and
  * is read when the follower's reports free the window, so a slow follower costs no memory.
  */
 import { timingSafeEqual, createHash } from 'node:crypto';
@@ -42,6 +43,8 @@ export interface FollowerView {
   remote: string;
   flushed_offset: number;
   in_flight_bytes: number;
+  /** Bytes uWebSockets.js holds for this connection (sent, not yet taken by the kernel). */
+  buffered_bytes: number;
   last_heard: number;
   /** Heard within LIVE_MS. */
   live: boolean;
@@ -180,6 +183,8 @@ export class Leader {
     while (session.next <= log.durableOffset() && session.inFlight < WINDOW_BYTES && ws.getBufferedAmount() < WINDOW_BYTES) {
       const records = log.readRecords(session.next, Math.min(READ_BYTES, WINDOW_BYTES - session.inFlight));
       if (records.length === 0) break;
+      // A record larger than what is left of the window waits for the window to empty.
+      if (session.inFlight > 0 && session.inFlight + records[0]!.bytes.length > WINDOW_BYTES) break;
       // Retention removed what came next: the follower learns the new first offset before the jump.
       const jump = records[0]!.key > session.next;
       ws.cork(() => {
@@ -215,9 +220,9 @@ export class Leader {
   followers(): FollowerView[] {
     const byNode = new Map<string, FollowerView>();
     const now = Date.now();
-    for (const s of this.sessions.values()) {
+    for (const [ws, s] of this.sessions) {
       if (s.closed) continue;
-      const v: FollowerView = { node_id: s.nodeId, remote: s.remote, flushed_offset: s.flushed, in_flight_bytes: s.inFlight, last_heard: s.lastHeard, live: now - s.lastHeard <= LIVE_MS };
+      const v: FollowerView = { node_id: s.nodeId, remote: s.remote, flushed_offset: s.flushed, in_flight_bytes: s.inFlight, buffered_bytes: ws.getBufferedAmount(), last_heard: s.lastHeard, live: now - s.lastHeard <= LIVE_MS };
       const had = byNode.get(s.nodeId);
       if (!had || had.flushed_offset < v.flushed_offset) byNode.set(s.nodeId, v);
     }

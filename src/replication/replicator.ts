@@ -25,6 +25,8 @@ export interface PeerStatus extends LinkView {
   /** What that peer has flushed of this node's log, and how far behind it is. */
   flushed_offset: number | null;
   lag: number | null;
+  /** Bytes of this log sent to that peer and not yet reported flushed (at most the window, or one larger record). */
+  in_flight_bytes: number | null;
 }
 
 export interface ReplicationStatus {
@@ -188,7 +190,7 @@ export class Replicator implements QuorumGate {
       const f = v.node_id !== null ? followers.get(v.node_id) : undefined;
       // Below this log's first offset nothing is left to copy: a follower behind it lags only by what remains.
       const through = f ? Math.max(f.flushed_offset, this.deps.log.firstOffset() - 1) : 0;
-      return { ...v, flushed_offset: f ? f.flushed_offset : null, lag: f ? Math.max(0, durable - through) : null };
+      return { ...v, flushed_offset: f ? f.flushed_offset : null, lag: f ? Math.max(0, durable - through) : null, in_flight_bytes: f ? f.in_flight_bytes : null };
     });
   }
 

@@ -230,3 +230,30 @@ t.test('a 12 MiB body (one record larger than the 8 MiB window) is replicated an
   t.equal(replica[0].body.length, big.length, 'the large body, whole');
   t.equal(replica[1].body, 'small-after');
 });
+
+t.test("a stopped follower costs the leader at most its window: the rest stays on disk until it resumes", async (t) => {
+  const c = await Cluster.create({ nodes: 2, ack: 'local' });
+  t.teardown(async () => {
+    c.nodes[1]!.proc?.kill('SIGCONT');
+    await c.stop();
+  });
+  await c.start();
+  const [a, b] = c.nodes as [Crowd, Crowd];
+  await waitFor(() => caughtUp(a), 10_000, 'replicating');
+  b.proc!.kill('SIGSTOP');
+  const body = 'w'.repeat(100 * 1024);
+  let sent = 0;
+  for (let round = 0; round < 40; round++) {
+    const answers = await Promise.all([...Array(8).keys()].map(() => request(a.url('/leads'), { body })));
+    sent += answers.filter((r) => r.status === 200).length;
+  }
+  const bytes = sent * body.length;
+  t.ok(bytes > 30 * 1024 * 1024, `${(bytes / 1048576).toFixed(1)} MiB acknowledged while b is stopped`);
+  const peer = (await status(a)).peers[0];
+  t.ok(peer.in_flight_bytes > 0 && peer.in_flight_bytes <= 8 * 1024 * 1024, `a holds ${peer.in_flight_bytes} bytes for b: at most the 8 MiB window`);
+  t.ok(peer.lag > 0, `b lags ${peer.lag} entries`);
+  b.proc!.kill('SIGCONT');
+  await waitFor(() => caughtUp(a), 20_000, 'b caught up after SIGCONT');
+  const replica = await tailReplica(b, 'a', ['-n', '1']);
+  t.equal(replica[0].offset, sent, 'b holds everything');
+});
