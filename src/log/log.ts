@@ -757,7 +757,7 @@ export class Log {
     if (!meta) {
       if (!create || this.opts.readOnly) return null;
       meta = { origin, incarnation, created_at: this.now(), gaps: 0, finished: {} };
-      void this.write(() => durable(this.meta.put(k, meta)));
+      this.write(() => durable(this.meta.put(k, meta))).catch(() => {}); // a failure fails the log itself
     }
     r = new Replica(origin, incarnation, this.replicaDb, this.meta, meta, (op) => this.write(op));
     this.replicaMap.set(k, r);

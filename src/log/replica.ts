@@ -129,7 +129,8 @@ export class Replica {
       const gapAllowed = key > this.written + 1 && key <= Math.max(leaderFirst, 1);
       if (!gapAllowed) throw new Error(`record ${key} is not the next one (the replica of ${this.origin}/${this.incarnation} ends at ${this.written})`);
       this.meta.gaps++;
-      void this.write(() => durable(this.metaDb.put(Replica.metaKey(this.origin, this.incarnation), this.meta)));
+      // A failed commit fails the log (and the node) through its own path; nothing to add here.
+      this.write(() => durable(this.metaDb.put(Replica.metaKey(this.origin, this.incarnation), this.meta))).catch(() => {});
     }
     this.written = last;
     this.bytes += record.length;
