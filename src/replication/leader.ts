@@ -124,11 +124,10 @@ export class Leader {
     if (m.incarnation !== this.deps.log.incarnation) return this.refuse(ws, session, `asks for incarnation ${m.incarnation}; this log is ${this.deps.log.incarnation}`);
     if (m.t === 'want') {
       // From the record holding `from`; below the first offset (retention), from the first.
+      // `from` is not a flushed report: the follower may still be flushing what precedes it.
       session.next = Math.max(m.from, this.deps.log.firstOffset(), 1);
       session.wanting = true;
-      session.flushed = Math.max(session.flushed, m.from - 1);
       this.pump(ws);
-      this.deps.onFlushed();
       return;
     }
     if (m.offset > this.deps.log.durableOffset()) return this.refuse(ws, session, `reports offset ${m.offset} flushed; this log is durable through ${this.deps.log.durableOffset()}`);
