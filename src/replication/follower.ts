@@ -159,8 +159,14 @@ export class PeerLink {
       this.leaderDurable = m.durable;
       this.replica = this.deps.log.replica(m.node_id, m.incarnation, true);
       const want: Want = { t: 'want', incarnation: m.incarnation, from: this.replica!.lastWritten() + 1 };
-      this.reported = this.replica!.flushed();
       ws.send(JSON.stringify(want));
+      // Records written before this connection may still be flushing: `want` says nothing of
+      // them, the flushed offset is reported on its own (and again as their commits flush).
+      this.reported = Math.min(this.replica!.flushed(), m.durable);
+      if (this.reported > 0) {
+        const flushed: Flushed = { t: 'flushed', incarnation: m.incarnation, offset: this.reported };
+        ws.send(JSON.stringify(flushed));
+      }
       return;
     }
     if (!this.replica) return this.close(ws, 'progress before hello');

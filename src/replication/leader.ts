@@ -143,11 +143,10 @@ export class Leader {
       // A follower never holds more of this incarnation than this log made durable.
       if (m.from > this.deps.log.durableOffset() + 1) return this.refuse(ws, session, `asks for the log from ${m.from}, past its durable end ${this.deps.log.durableOffset()}: the replica and this log disagree`);
       // From the record holding `from`; below the first offset (retention), from the first.
+      // `from` is not a flushed report: the follower may still be flushing what precedes it.
       session.next = Math.max(m.from, this.deps.log.firstOffset(), 1);
       session.wanting = true;
-      session.flushed = Math.max(session.flushed, m.from - 1);
       this.pump(ws);
-      this.deps.onFlushed();
       return;
     }
     if (!session.wanting) return this.refuse(ws, session, 'reports a flushed offset before asking for the log');

@@ -10,7 +10,9 @@
  *   leader -> follower  {"t":"hello","node_id","incarnation","first","durable"}
  *                       {"t":"progress","first","durable","finished":{target: offset}}   about every second
  *   follower -> leader  {"t":"want","incarnation","from"}     from which offset it needs the log
+ *                                                            (not a flushed report)
  *                       {"t":"flushed","incarnation","offset"}  the highest offset it has flushed
+ *                                                            (after want, then as it moves)
  * Binary frames (leader -> follower): one stored record each,
  *   u8 1 | f64 BE key (the record's first offset) | the record's stored bytes
  */
