@@ -54,6 +54,7 @@ export class Replicator implements QuorumGate {
   private readonly waiters: Waiter[] = [];
   private head = 0;
   private timer: NodeJS.Timeout | null = null;
+  private settleScheduled = false;
   private tickTimer: NodeJS.Timeout | null = null;
   private readonly quorumWait: Histogram;
   private readonly quorumTimeouts: Counter;
@@ -77,7 +78,7 @@ export class Replicator implements QuorumGate {
         this.authFailures.inc();
         logger.warn({ event: 'peer_unauthorized', remote, reason: why }, `replication refused to ${remote}: ${why} (cluster.secret)`);
       },
-      onFlushed: () => this.settle(),
+      onFlushed: () => this.settleSoon(),
     });
     this.links = config.cluster.peers.map((url) => new PeerLink(url, { log, nodeId: config.node_id, secret, logger, onGap: (origin, from, to) => this.gap(origin, from, to) }));
     const registers = [deps.registry];
@@ -152,6 +153,20 @@ export class Replicator implements QuorumGate {
     const now = performance.now();
     this.waiters.push({ offset, started: now, deadline: now + this.timeoutMs, done });
     if (this.waiters.length - this.head === 1) this.settle();
+  }
+
+  /**
+   * Flushed reports arrive inside uWebSockets.js's handler of the follower's socket, which is
+   * corked then: a response written there could not be corked and would leave in pieces, a
+   * syscall each. The acks go out right after, outside it, one write each.
+   */
+  private settleSoon(): void {
+    if (this.settleScheduled) return;
+    this.settleScheduled = true;
+    setImmediate(() => {
+      this.settleScheduled = false;
+      this.settle();
+    });
   }
 
   /** Answers waiting requests in append order: the quorum reached, or the deadline passed. */
