@@ -9,7 +9,7 @@ import WebSocket from 'ws';
 import type { Log } from '../log/log';
 import type { Replica } from '../log/replica';
 import type { Logger } from '../observability/logger';
-import { parseLeaderMessage, parseRecordFrame, REPLICATE_PATH, type Flushed, type Want } from './protocol';
+import { closeReason, parseLeaderMessage, parseRecordFrame, REPLICATE_PATH, type Flushed, type Want } from './protocol';
 
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 2000;
@@ -129,7 +129,7 @@ export class PeerLink {
   private close(ws: WebSocket, reason: string): void {
     this.deps.logger.warn({ event: 'replication_closed', peer: this.url, node_id: this.nodeId, reason }, `replication from ${this.url} closed: ${reason}`);
     this.reason = reason;
-    ws.close(1008, reason.slice(0, 120));
+    ws.close(1008, closeReason(reason));
     ws.terminate();
   }
 

@@ -9,7 +9,7 @@ import { timingSafeEqual, createHash } from 'node:crypto';
 import type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSockets.js';
 import type { Log } from '../log/log';
 import type { Logger } from '../observability/logger';
-import { parseFollowerMessage, recordFrame, REPLICATE_PATH, type Hello, type Progress } from './protocol';
+import { closeReason, parseFollowerMessage, recordFrame, REPLICATE_PATH, type Hello, type Progress } from './protocol';
 
 /** Bytes sent to one follower and not yet reported flushed. */
 export const WINDOW_BYTES = 8 * 1024 * 1024;
@@ -142,7 +142,7 @@ export class Leader {
 
   private refuse(ws: Ws, session: Session, why: string): void {
     this.deps.logger.warn({ event: 'follower_refused', node_id: session.nodeId, remote: session.remote, reason: why }, `replication to ${session.nodeId} (${session.remote}) closed: ${why}`);
-    if (!session.closed) ws.end(1008, why.slice(0, 120));
+    if (!session.closed) ws.end(1008, closeReason(why));
   }
 
   private close(ws: Ws): void {

@@ -62,6 +62,24 @@ export function parseRecordFrame(frame: Buffer): { key: number; record: Buffer }
   return { key, record: frame.subarray(RECORD_HEADER_BYTES) };
 }
 
+/** Bytes a close frame's reason can hold (RFC 6455 5.5: 125 bytes of payload, 2 of them the code). */
+export const CLOSE_REASON_BYTES = 123;
+
+/**
+ * `why` cut to what a close frame holds, at a character boundary. A longer reason is not
+ * sendable: the ws client throws (RangeError) and uWebSockets.js drops the close frame.
+ */
+export function closeReason(why: string): string {
+  const bytes = Buffer.from(why);
+  if (bytes.length <= CLOSE_REASON_BYTES) return why;
+  let end = CLOSE_REASON_BYTES;
+  while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end--; // not inside a UTF-8 sequence
+  return bytes.subarray(0, end).toString();
+}
+
+/** A message type as quoted in a refusal: a peer's text, so at most 40 characters of it. */
+const quoteType = (t: unknown): string => String(JSON.stringify(t)).slice(0, 40);
+
 const isOffset = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 const isId = (v: unknown): v is string => typeof v === 'string' && /^[\x21-\x7e]{1,128}$/.test(v);
 
@@ -83,7 +101,7 @@ export function parseLeaderMessage(text: string): Hello | Progress | string {
     for (const v of Object.values(m.finished as object)) if (!isOffset(v)) return 'progress has a finished offset that is not an offset';
     return m as unknown as Progress;
   }
-  return `unknown message type ${JSON.stringify(m.t)}`;
+  return `unknown message type ${quoteType(m.t)}`;
 }
 
 /** Parses a text frame from a follower; a string names what is wrong. */
@@ -103,5 +121,5 @@ export function parseFollowerMessage(text: string): Want | Flushed | string {
     if (!isId(m.incarnation) || !isOffset(m.offset)) return 'flushed lacks incarnation or offset';
     return m as unknown as Flushed;
   }
-  return `unknown message type ${JSON.stringify(m.t)}`;
+  return `unknown message type ${quoteType(m.t)}`;
 }

@@ -5,7 +5,7 @@ import { Packr } from 'msgpackr';
 import { encodeEnvelope, type EnvelopeInput } from '../../../src/log/codec';
 import { frameRecord } from '../../../src/log/record';
 import { checkRecord } from '../../../src/log/replica';
-import { parseFollowerMessage, parseLeaderMessage, parseRecordFrame, recordFrame, RECORD_HEADER_BYTES } from '../../../src/replication/protocol';
+import { CLOSE_REASON_BYTES, closeReason, parseFollowerMessage, parseLeaderMessage, parseRecordFrame, recordFrame, RECORD_HEADER_BYTES } from '../../../src/replication/protocol';
 
 const input = (body: string): EnvelopeInput => ({
   id: `01a21ed0-7a0c-7e26-9c4b-${body.padStart(12, '0').slice(-12)}`,
@@ -115,6 +115,36 @@ t.test('parseFollowerMessage: malformed text frames are named', async (t) => {
     ['{"t":"flushed","incarnation":"abc","offset":0.5}', /flushed lacks/],
   ];
   for (const [text, re] of bad) t.match(parseFollowerMessage(text), re, text);
+});
+
+t.test('a refusal quotes at most 40 characters of an unknown message type', async (t) => {
+  const long = 'x'.repeat(10_000);
+  for (const parse of [parseLeaderMessage, parseFollowerMessage]) {
+    const why = parse(JSON.stringify({ t: long })) as string;
+    t.equal(why, `unknown message type "${'x'.repeat(39)}`);
+    t.equal(parse(JSON.stringify({ t: { nested: [1, 2] } })), 'unknown message type {"nested":[1,2]}');
+  }
+});
+
+t.test('closeReason: what a close frame holds, cut at a character boundary', async (t) => {
+  t.equal(CLOSE_REASON_BYTES, 123);
+  t.equal(closeReason('text frame is not JSON'), 'text frame is not JSON');
+  const ascii = 'a'.repeat(200);
+  t.equal(closeReason(ascii), 'a'.repeat(123));
+  t.equal(closeReason('a'.repeat(123)), 'a'.repeat(123));
+  for (const [what, s] of [
+    ['two-byte characters', '\u00e9'.repeat(100)],
+    ['two-byte characters after one ASCII byte', 'x' + '\u00e9'.repeat(100)],
+    ['three-byte characters', '\u20ac'.repeat(100)],
+    ['four-byte characters', '\u{1f600}'.repeat(100)],
+    ['a lone surrogate', 'ab\ud800'.repeat(60)],
+  ] as const) {
+    const r = closeReason(s);
+    const bytes = Buffer.byteLength(r);
+    t.ok(bytes <= 123 && bytes >= 120, `${what}: ${bytes} bytes`);
+    t.ok(s.startsWith(r) || Buffer.from(s).subarray(0, bytes).equals(Buffer.from(r)), `${what}: a prefix of the reason`);
+    t.notOk(r.includes('\ufffd') && !s.includes('\ud800'), `${what}: no character cut in two`);
+  }
 });
 
 t.test('checkRecord: a whole record returns its last offset', async (t) => {
