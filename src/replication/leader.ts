@@ -27,7 +27,18 @@ interface Session {
   /** Sent records not yet reported flushed: their last offsets and sizes, oldest first. */
   sent: { last: number; bytes: number }[];
   inFlight: number;
+  /** The highest offset the follower holds by its own word: its want (from - 1) or a report. */
   flushed: number;
+  /** What the last want claimed to hold already (from - 1): reports up to it are not checked against what was sent. */
+  claimed: number;
+  /** The first offset this connection was sent since its last want. */
+  sentFrom: number;
+  /**
+   * The highest offset reported flushed of those sent on this connection (from `sentFrom`):
+   * only these count toward a quorum. A want's claim cannot be told from a lie (a follower
+   * that says it holds offsets it was never sent), so it counts for nothing.
+   */
+  proven: number;
   lastHeard: number;
   closed: boolean;
 }
@@ -103,7 +114,7 @@ export class Leader {
       res.writeStatus('409 Conflict').end(`replication refused: node_id "${nodeId}" is this node's own`, true);
       return;
     }
-    const session: Session = { nodeId, remote, next: 0, wanting: false, sent: [], inFlight: 0, flushed: 0, lastHeard: Date.now(), closed: false };
+    const session: Session = { nodeId, remote, next: 0, wanting: false, sent: [], inFlight: 0, flushed: 0, claimed: 0, sentFrom: 0, proven: 0, lastHeard: Date.now(), closed: false };
     res.upgrade({ session }, key, protocol, extensions, context as never);
   }
 
@@ -122,22 +133,37 @@ export class Leader {
     const m = isBinary ? 'a binary frame from a follower' : parseFollowerMessage(Buffer.from(message).toString());
     if (typeof m === 'string') return this.refuse(ws, session, m);
     if (m.incarnation !== this.deps.log.incarnation) return this.refuse(ws, session, `asks for incarnation ${m.incarnation}; this log is ${this.deps.log.incarnation}`);
+    const durable = this.deps.log.durableOffset();
     if (m.t === 'want') {
+      // A follower holds only what this log sent it, and this log sends only durable records.
+      if (m.from > durable + 1) return this.refuse(ws, session, `asks from offset ${m.from}, past this log's durable offset ${durable}: it cannot hold offsets this log never made durable (was this log directory restored from an older copy?)`);
       // From the record holding `from`; below the first offset (retention), from the first.
       session.next = Math.max(m.from, this.deps.log.firstOffset(), 1);
       session.wanting = true;
+      session.claimed = m.from - 1;
+      session.sentFrom = session.next;
+      session.proven = session.next - 1;
       session.flushed = Math.max(session.flushed, m.from - 1);
       this.pump(ws);
       this.deps.onFlushed();
       return;
     }
-    if (m.offset > this.deps.log.durableOffset()) return this.refuse(ws, session, `reports offset ${m.offset} flushed; this log is durable through ${this.deps.log.durableOffset()}`);
+    if (m.offset > durable) return this.refuse(ws, session, `reports offset ${m.offset} flushed; this log is durable through ${durable}`);
+    if (!session.wanting) return this.refuse(ws, session, `reports offset ${m.offset} flushed before asking for the log (want): it was sent nothing`);
+    const sentThrough = session.next - 1;
+    if (m.offset > Math.max(sentThrough, session.claimed)) return this.refuse(ws, session, `reports offset ${m.offset} flushed; it was sent offsets through ${sentThrough} and said it held ${session.claimed}`);
+    let moved = false;
+    if (m.offset >= session.sentFrom && m.offset > session.proven) {
+      session.proven = m.offset;
+      moved = true;
+    }
     if (m.offset > session.flushed) {
       session.flushed = m.offset;
-      while (session.sent.length > 0 && session.sent[0]!.last <= m.offset) session.inFlight -= session.sent.shift()!.bytes;
-      this.deps.onFlushed();
-      this.pump(ws);
+      moved = true;
     }
+    while (session.sent.length > 0 && session.sent[0]!.last <= m.offset) session.inFlight -= session.sent.shift()!.bytes;
+    if (moved) this.deps.onFlushed();
+    this.pump(ws);
   }
 
   private refuse(ws: Ws, session: Session, why: string): void {
@@ -184,6 +210,17 @@ export class Leader {
     const progress: Progress = { t: 'progress', first: log.firstOffset(), durable: log.durableOffset(), finished: this.deps.finished() };
     const text = JSON.stringify(progress);
     for (const [ws, s] of this.sessions) if (!s.closed) ws.send(text);
+  }
+
+  /**
+   * Followers (by node_id) that reported `offset` flushed after it was sent to them on their
+   * current connection: the copies a quorum counts. What a follower says it held before is
+   * not counted, since this log cannot check it.
+   */
+  copies(offset: number): number {
+    const nodes = new Set<string>();
+    for (const s of this.sessions.values()) if (!s.closed && s.wanting && s.sentFrom <= offset && offset <= s.proven) nodes.add(s.nodeId);
+    return nodes.size;
   }
 
   /** Flushed offsets of this log, one per connected follower (by node_id, the highest). */

@@ -13,6 +13,13 @@
  *                       {"t":"flushed","incarnation","offset"}  the highest offset it has flushed
  * Binary frames (leader -> follower): one stored record each,
  *   u8 1 | f64 BE key (the record's first offset) | the record's stored bytes
+ *
+ * The leader closes a connection (1008, with the reason) whose follower sends a binary or
+ * malformed frame, names another incarnation, wants from past the durable offset + 1, or
+ * reports flushed an offset past the durable one or past what it was sent (and said it
+ * held). A quorum counts only offsets reported flushed after they were sent on the
+ * follower's current connection: what a want says the follower held already is taken
+ * for the window and status, never for a quorum.
  */
 export const REPLICATE_PATH = '/_crowd/replicate';
 export const RECORD_FRAME = 1;
