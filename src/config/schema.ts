@@ -27,7 +27,7 @@ export const LIMITS = {
   peers_max: 32,
 } as const;
 
-const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+export const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const NAME_HINT = 'letters, digits, "_", "." or "-", at most 64, starting with a letter or digit';
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 

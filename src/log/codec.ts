@@ -205,6 +205,52 @@ export function decodeEnvelope(bytes: Uint8Array, copyBody = false): Envelope {
   if (!Array.isArray(a) || a.length !== FIELDS || a[0] !== VERSION) {
     throw new EnvelopeDecodeError(`not a version ${VERSION} envelope (${bytes.length} bytes)`);
   }
+  return fromFields(a, copyBody);
+}
+
+/** The largest time a Date holds (`crowd tail` prints received_at as an ISO date). */
+const MAX_DATE_MS = 8.64e15;
+const isString = (v: unknown): boolean => typeof v === 'string';
+const isCount = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
+/** The type each field must have, by position (the version is checked apart). */
+const FIELD_CHECKS: [string, (v: unknown) => boolean][] = [
+  ['version', () => true],
+  ['id', isString],
+  ['offset', isCount],
+  ['received_at', (v) => isCount(v) && (v as number) <= MAX_DATE_MS],
+  ['route', isString],
+  ['method', isString],
+  ['path', isString],
+  ['query', isString],
+  ['headers', (v) => Array.isArray(v) && v.length % 2 === 0 && v.every(isString)],
+  ['remote', isString],
+  ['body', (v) => v instanceof Uint8Array],
+];
+
+/**
+ * Decodes envelope bytes that come from outside this node (a peer's record) and checks the
+ * type of every field, so that what is stored reads back like an envelope written here
+ * (`decodeEnvelope` trusts the local log and checks only the shape). Throws
+ * EnvelopeDecodeError naming the first wrong field, without quoting its value.
+ */
+export function decodeCheckedEnvelope(bytes: Uint8Array): Envelope {
+  let a: unknown;
+  try {
+    a = packr.unpack(bytes);
+  } catch (err) {
+    throw new EnvelopeDecodeError(`not MessagePack (${bytes.length} bytes: ${(err as Error).message})`);
+  }
+  if (!Array.isArray(a) || a.length !== FIELDS || a[0] !== VERSION) {
+    throw new EnvelopeDecodeError(`not a version ${VERSION} envelope (${bytes.length} bytes)`);
+  }
+  for (let i = 1; i < FIELDS; i++) {
+    const [name, ok] = FIELD_CHECKS[i]!;
+    if (!ok(a[i])) throw new EnvelopeDecodeError(`field ${name} has the wrong type or value`);
+  }
+  return fromFields(a, false);
+}
+
+function fromFields(a: unknown[], copyBody: boolean): Envelope {
   const flat = a[8] as string[];
   const headers: [string, string][] = [];
   for (let i = 0; i + 1 < flat.length; i += 2) headers.push([flat[i]!, flat[i + 1]!]);

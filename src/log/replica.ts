@@ -11,7 +11,7 @@
  */
 import type { Database } from 'lmdb';
 import { CrowdError } from '../errors';
-import { decodeEnvelope, type Envelope } from './codec';
+import { decodeCheckedEnvelope, decodeEnvelope, type Envelope } from './codec';
 import { durable, putNew } from './lmdb';
 import { forEachInRecord, recordCount } from './record';
 
@@ -38,22 +38,37 @@ export interface ReplicaInfo {
   finished: Record<string, number>;
 }
 
-/** Checks a record from a peer: whole, and every envelope decodes at its offset. */
+/**
+ * Checks a record from a peer before anything of it is written: whole (its count, then each
+ * envelope's length within its bytes, and nothing after the last), every envelope decodes
+ * with fields of the right types, at its offset, and the last offset is below 2^53.
+ * Returns that last offset; throws an Error naming the record and what is wrong.
+ */
 export function checkRecord(key: number, record: Buffer): number {
-  if (record.length < 4) throw new Error(`record ${key}: ${record.length} bytes, shorter than its header`);
+  const fail = (what: string): never => {
+    throw new Error(`record ${key}: ${what}`);
+  };
+  if (record.length < 4) fail(`${record.length} bytes, shorter than its header`);
   const count = recordCount(record);
-  if (count === 0) throw new Error(`record ${key}: holds no envelope`);
-  let seen = 0;
-  let end = 4;
-  forEachInRecord(record, (i, bytes) => {
-    const e = decodeEnvelope(bytes);
-    if (e.offset !== key + i) throw new Error(`record ${key}: envelope ${i} has offset ${e.offset}, not ${key + i}`);
-    seen++;
-    end += 4 + bytes.length;
-    return true;
-  });
-  if (seen !== count || end !== record.length) throw new Error(`record ${key}: ${record.length - end} bytes after its ${count} envelopes`);
-  return key + count - 1;
+  if (count === 0) fail('holds no envelope');
+  const last = key + (count - 1); // (key + count) - 1 could round down to a safe integer
+  if (!Number.isSafeInteger(last)) fail(`its ${count} envelopes would end past offset 2^53 - 1`);
+  let p = 4;
+  for (let i = 0; i < count; i++) {
+    if (p + 4 > record.length) fail(`truncated: envelope ${i} of ${count} is missing`);
+    const len = record.readUInt32BE(p);
+    if (p + 4 + len > record.length) fail(`truncated: envelope ${i} of ${count} has ${len} bytes, ${record.length - p - 4} are left`);
+    let e: Envelope | undefined;
+    try {
+      e = decodeCheckedEnvelope(record.subarray(p + 4, p + 4 + len));
+    } catch (err) {
+      fail(`envelope ${i} does not decode: ${(err as Error).message}`);
+    }
+    if (e!.offset !== key + i) fail(`envelope ${i} has offset ${e!.offset}, not ${key + i}`);
+    p += 4 + len;
+  }
+  if (p !== record.length) fail(`${record.length - p} bytes after its ${count} envelopes`);
+  return last;
 }
 
 export class Replica {

@@ -10,7 +10,7 @@ import type { Log } from '../log/log';
 import type { Replica } from '../log/replica';
 import type { Logger } from '../observability/logger';
 import { FRAME_BYTES_MAX } from './leader';
-import { parseLeaderMessage, parseRecordFrame, REPLICATE_PATH, type Flushed, type Want } from './protocol';
+import { closeReason, parseLeaderMessage, parseRecordFrame, REPLICATE_PATH, type Flushed, type Want } from './protocol';
 
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 2000;
@@ -56,6 +56,8 @@ export class PeerLink {
   private reported = 0;
   private reportScheduled = false;
   private failures = 0;
+  /** The connection whose hello was taken. */
+  private helloOn: WebSocket | null = null;
 
   constructor(
     readonly url: string,
@@ -130,7 +132,7 @@ export class PeerLink {
   private close(ws: WebSocket, reason: string): void {
     this.deps.logger.warn({ event: 'replication_closed', peer: this.url, node_id: this.nodeId, reason }, `replication from ${this.url} closed: ${reason}`);
     this.reason = reason;
-    ws.close(1008, reason.slice(0, 120));
+    ws.close(1008, closeReason(reason));
     ws.terminate();
   }
 
@@ -141,6 +143,9 @@ export class PeerLink {
     const m = parseLeaderMessage(data.toString());
     if (typeof m === 'string') return this.close(ws, m);
     if (m.t === 'hello') {
+      // One log per connection: a second hello (another incarnation, or the same again) is a broken leader.
+      if (this.helloOn === ws) return this.close(ws, `a second hello on one connection (incarnation ${m.incarnation}${this.incarnation ? `, was ${this.incarnation}` : ''})`);
+      this.helloOn = ws;
       if (m.node_id === this.deps.nodeId) {
         this.fail('refused', `${this.url} presents this node's own node_id "${m.node_id}": a node must not list itself, and node_ids must differ`);
         this.stopped = true; // configuration error: do not hammer it

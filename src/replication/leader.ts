@@ -8,10 +8,10 @@
  */
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSockets.js';
-import { LIMITS } from '../config/schema';
+import { LIMITS, NAME } from '../config/schema';
 import type { Log } from '../log/log';
 import type { Logger } from '../observability/logger';
-import { parseFollowerMessage, recordFrame, REPLICATE_PATH, type Hello, type Progress } from './protocol';
+import { closeReason, parseFollowerMessage, recordFrame, REPLICATE_PATH, type Hello, type Progress } from './protocol';
 
 /** Bytes sent to one follower and not yet reported flushed. */
 export const WINDOW_BYTES = 8 * 1024 * 1024;
@@ -33,7 +33,18 @@ interface Session {
   /** Sent records not yet reported flushed: their last offsets and sizes, oldest first. */
   sent: { last: number; bytes: number }[];
   inFlight: number;
+  /** The highest offset the follower holds by its own word: its want (from - 1) or a report. */
   flushed: number;
+  /** What the last want claimed to hold already (from - 1): reports up to it are not checked against what was sent. */
+  claimed: number;
+  /** The first offset this connection was sent since its last want. */
+  sentFrom: number;
+  /**
+   * The highest offset reported flushed of those sent on this connection (from `sentFrom`):
+   * only these count toward a quorum. A want's claim cannot be told from a lie (a follower
+   * that says it holds offsets it was never sent), so it counts for nothing.
+   */
+  proven: number;
   lastHeard: number;
   closed: boolean;
 }
@@ -46,7 +57,7 @@ export interface FollowerView {
   /** Bytes uWebSockets.js holds for this connection (sent, not yet taken by the kernel). */
   buffered_bytes: number;
   last_heard: number;
-  /** Heard within LIVE_MS. */
+  /** Asked for the log and heard within LIVE_MS. */
   live: boolean;
 }
 
@@ -111,8 +122,8 @@ export class Leader {
       res.writeStatus('401 Unauthorized').end(`replication refused: ${why} (cluster.secret)`, true);
       return;
     }
-    if (!/^[\x21-\x7e]{1,128}$/.test(nodeId)) {
-      res.writeStatus('400 Bad Request').end('replication refused: Crowd-Node-Id header missing or malformed', true);
+    if (!NAME.test(nodeId)) {
+      res.writeStatus('400 Bad Request').end('replication refused: Crowd-Node-Id header missing or not a node_id (letters, digits, "_", "." or "-")', true);
       return;
     }
     if (nodeId === this.deps.nodeId) {
@@ -120,7 +131,7 @@ export class Leader {
       res.writeStatus('409 Conflict').end(`replication refused: node_id "${nodeId}" is this node's own`, true);
       return;
     }
-    const session: Session = { nodeId, remote, next: 0, wanting: false, sent: [], inFlight: 0, flushed: 0, lastHeard: Date.now(), closed: false };
+    const session: Session = { nodeId, remote, next: 0, wanting: false, sent: [], inFlight: 0, flushed: 0, claimed: 0, sentFrom: 0, proven: 0, lastHeard: Date.now(), closed: false };
     res.upgrade({ session }, key, protocol, extensions, context as never);
   }
 
@@ -139,30 +150,42 @@ export class Leader {
     const m = isBinary ? 'a binary frame from a follower' : parseFollowerMessage(Buffer.from(message).toString());
     if (typeof m === 'string') return this.refuse(ws, session, m);
     if (m.incarnation !== this.deps.log.incarnation) return this.refuse(ws, session, `asks for incarnation ${m.incarnation}; this log is ${this.deps.log.incarnation}`);
+    const durable = this.deps.log.durableOffset();
     if (m.t === 'want') {
-      // A follower never holds more of this incarnation than this log made durable.
-      if (m.from > this.deps.log.durableOffset() + 1) return this.refuse(ws, session, `asks for the log from ${m.from}, past its durable end ${this.deps.log.durableOffset()}: the replica and this log disagree`);
+      // A follower holds only what this log sent it, and this log sends only durable records.
+      if (m.from > durable + 1) return this.refuse(ws, session, `asks from offset ${m.from}, past this log's durable offset ${durable}: it cannot hold offsets this log never made durable (was this log directory restored from an older copy?)`);
       // From the record holding `from`; below the first offset (retention), from the first.
       // `from` is not a flushed report: the follower may still be flushing what precedes it.
       session.next = Math.max(m.from, this.deps.log.firstOffset(), 1);
       session.wanting = true;
+      session.claimed = m.from - 1;
+      session.sentFrom = session.next;
+      session.proven = session.next - 1;
+      session.flushed = Math.max(session.flushed, m.from - 1);
       this.pump(ws);
       return;
     }
-    if (!session.wanting) return this.refuse(ws, session, 'reports a flushed offset before asking for the log');
-    // Only what this connection sent, or what the follower held when it asked, can be flushed there.
-    if (m.offset >= session.next && m.offset > session.flushed) return this.refuse(ws, session, `reports offset ${m.offset} flushed; it was sent only through ${session.next - 1}`);
+    if (m.offset > durable) return this.refuse(ws, session, `reports offset ${m.offset} flushed; this log is durable through ${durable}`);
+    if (!session.wanting) return this.refuse(ws, session, `reports offset ${m.offset} flushed before asking for the log (want): it was sent nothing`);
+    const sentThrough = session.next - 1;
+    if (m.offset > Math.max(sentThrough, session.claimed)) return this.refuse(ws, session, `reports offset ${m.offset} flushed; it was sent offsets through ${sentThrough} and said it held ${session.claimed}`);
+    let moved = false;
+    if (m.offset >= session.sentFrom && m.offset > session.proven) {
+      session.proven = m.offset;
+      moved = true;
+    }
     if (m.offset > session.flushed) {
       session.flushed = m.offset;
-      while (session.sent.length > 0 && session.sent[0]!.last <= m.offset) session.inFlight -= session.sent.shift()!.bytes;
-      this.deps.onFlushed();
-      this.pump(ws);
+      moved = true;
     }
+    while (session.sent.length > 0 && session.sent[0]!.last <= m.offset) session.inFlight -= session.sent.shift()!.bytes;
+    if (moved) this.deps.onFlushed();
+    this.pump(ws);
   }
 
   private refuse(ws: Ws, session: Session, why: string): void {
     this.deps.logger.warn({ event: 'follower_refused', node_id: session.nodeId, remote: session.remote, reason: why }, `replication to ${session.nodeId} (${session.remote}) closed: ${why}`);
-    if (!session.closed) ws.end(1008, why.slice(0, 120));
+    if (!session.closed) ws.end(1008, closeReason(why));
   }
 
   private close(ws: Ws): void {
@@ -215,13 +238,24 @@ export class Leader {
     return JSON.stringify(progress);
   }
 
+  /**
+   * Followers (by node_id) that reported `offset` flushed after it was sent to them on their
+   * current connection: the copies a quorum counts. What a follower says it held before is
+   * not counted, since this log cannot check it.
+   */
+  copies(offset: number): number {
+    const nodes = new Set<string>();
+    for (const s of this.sessions.values()) if (!s.closed && s.wanting && s.sentFrom <= offset && offset <= s.proven) nodes.add(s.nodeId);
+    return nodes.size;
+  }
+
   /** Flushed offsets of this log, one per connected follower (by node_id, the highest). */
   followers(): FollowerView[] {
     const byNode = new Map<string, FollowerView>();
     const now = Date.now();
     for (const [ws, s] of this.sessions) {
       if (s.closed) continue;
-      const v: FollowerView = { node_id: s.nodeId, remote: s.remote, flushed_offset: s.flushed, in_flight_bytes: s.inFlight, buffered_bytes: ws.getBufferedAmount(), last_heard: s.lastHeard, live: now - s.lastHeard <= LIVE_MS };
+      const v: FollowerView = { node_id: s.nodeId, remote: s.remote, flushed_offset: s.flushed, in_flight_bytes: s.inFlight, buffered_bytes: ws.getBufferedAmount(), last_heard: s.lastHeard, live: s.wanting && now - s.lastHeard <= LIVE_MS };
       const had = byNode.get(s.nodeId);
       if (!had || had.flushed_offset < v.flushed_offset) byNode.set(s.nodeId, v);
     }

@@ -15,7 +15,16 @@
  *                                                            (after want, then as it moves)
  * Binary frames (leader -> follower): one stored record each,
  *   u8 1 | f64 BE key (the record's first offset) | the record's stored bytes
+ *
+ * The leader closes a connection (1008, with the reason) whose follower sends a binary or
+ * malformed frame, names another incarnation, wants from past the durable offset + 1, or
+ * reports flushed an offset past the durable one or past what it was sent (and said it
+ * held). A quorum counts only offsets reported flushed after they were sent on the
+ * follower's current connection: what a want says the follower held already is taken
+ * for the window and status, never for a quorum.
  */
+import { NAME } from '../config/schema';
+
 export const REPLICATE_PATH = '/_crowd/replicate';
 export const RECORD_FRAME = 1;
 export const RECORD_HEADER_BYTES = 9;
@@ -64,8 +73,30 @@ export function parseRecordFrame(frame: Buffer): { key: number; record: Buffer }
   return { key, record: frame.subarray(RECORD_HEADER_BYTES) };
 }
 
+/** Bytes a close frame's reason can hold (RFC 6455 5.5: 125 bytes of payload, 2 of them the code). */
+export const CLOSE_REASON_BYTES = 123;
+
+/**
+ * `why` cut to what a close frame holds, at a character boundary. A longer reason is not
+ * sendable: the ws client throws (RangeError) and uWebSockets.js drops the close frame.
+ */
+export function closeReason(why: string): string {
+  const bytes = Buffer.from(why);
+  if (bytes.length <= CLOSE_REASON_BYTES) return why;
+  let end = CLOSE_REASON_BYTES;
+  while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end--; // not inside a UTF-8 sequence
+  return bytes.subarray(0, end).toString();
+}
+
+/** A message type as quoted in a refusal: a peer's text, so at most 40 characters of it. */
+const quoteType = (t: unknown): string => String(JSON.stringify(t)).slice(0, 40);
+
 const isOffset = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 const isId = (v: unknown): v is string => typeof v === 'string' && /^[\x21-\x7e]{1,128}$/.test(v);
+/** A node_id as the config allows it (so an (origin, incarnation) pair names one replica only). */
+const isNodeId = (v: unknown): v is string => typeof v === 'string' && NAME.test(v);
+/** An incarnation: hex, as Log mints it. */
+const isIncarnation = (v: unknown): v is string => typeof v === 'string' && /^[0-9a-f]{1,64}$/.test(v);
 
 /** Parses a text frame from a leader; a string names what is wrong. */
 export function parseLeaderMessage(text: string): Hello | Progress | string {
@@ -77,7 +108,7 @@ export function parseLeaderMessage(text: string): Hello | Progress | string {
   }
   if (m === null || typeof m !== 'object') return 'text frame is not a JSON object';
   if (m.t === 'hello') {
-    if (!isId(m.node_id) || !isId(m.incarnation) || !isOffset(m.first) || !isOffset(m.durable)) return 'hello lacks node_id, incarnation, first or durable';
+    if (!isNodeId(m.node_id) || !isIncarnation(m.incarnation) || !isOffset(m.first) || !isOffset(m.durable)) return 'hello lacks node_id (a config name), incarnation (hex), first or durable';
     return m as unknown as Hello;
   }
   if (m.t === 'progress') {
@@ -85,7 +116,7 @@ export function parseLeaderMessage(text: string): Hello | Progress | string {
     for (const v of Object.values(m.finished as object)) if (!isOffset(v)) return 'progress has a finished offset that is not an offset';
     return m as unknown as Progress;
   }
-  return `unknown message type ${JSON.stringify(m.t)}`;
+  return `unknown message type ${quoteType(m.t)}`;
 }
 
 /** Parses a text frame from a follower; a string names what is wrong. */
@@ -105,5 +136,5 @@ export function parseFollowerMessage(text: string): Want | Flushed | string {
     if (!isId(m.incarnation) || !isOffset(m.offset)) return 'flushed lacks incarnation or offset';
     return m as unknown as Flushed;
   }
-  return `unknown message type ${JSON.stringify(m.t)}`;
+  return `unknown message type ${quoteType(m.t)}`;
 }

@@ -172,11 +172,10 @@ export class Replicator implements QuorumGate {
   /** Answers waiting requests in append order: the quorum reached, or the deadline passed. */
   private settle(): void {
     if (this.head >= this.waiters.length) return;
-    const flushed = this.leader.followers().map((f) => f.flushed_offset);
     const now = performance.now();
     while (this.head < this.waiters.length) {
       const w = this.waiters[this.head]!;
-      const copies = flushed.filter((f) => f >= w.offset).length;
+      const copies = this.leader.copies(w.offset);
       if (copies >= this.needed) {
         this.quorumWait.observe((now - w.started) / 1000);
         w.done(null);
