@@ -44,7 +44,7 @@ run: install ## start crowd on config/crowd.example.toml (log in ./data)
 	./bin/crowd start -c config/crowd.example.toml
 
 test: deps install dist/powercut/shim.so ## install what the tests need and run them all
-	npx tap dist/test/unit dist/test/integration dist/test/crash
+	npx tap dist/test/unit dist/test/integration dist/test/crash dist/test/cluster
 	@# Tests that load a whole core on purpose run alone, so they cannot slow the timed ones.
 	npx tap --jobs=1 dist/test/serial
 
