@@ -157,9 +157,12 @@ export class PeerLink {
       this.leaderFirst = m.first;
       this.leaderDurable = m.durable;
       this.replica = this.deps.log.replica(m.node_id, m.incarnation, true);
+      // From the end of what is written (a commit of it may still be flushing: no record twice);
+      // then what is flushed, which is all the leader may count (a quorum ack needs it).
       const want: Want = { t: 'want', incarnation: m.incarnation, from: this.replica!.lastWritten() + 1 };
       this.reported = this.replica!.flushed();
       ws.send(JSON.stringify(want));
+      if (this.reported > 0) ws.send(JSON.stringify({ t: 'flushed', incarnation: m.incarnation, offset: this.reported } satisfies Flushed));
       return;
     }
     if (!this.replica) return this.close(ws, 'progress before hello');

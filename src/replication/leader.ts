@@ -126,9 +126,9 @@ export class Leader {
       // From the record holding `from`; below the first offset (retention), from the first.
       session.next = Math.max(m.from, this.deps.log.firstOffset(), 1);
       session.wanting = true;
-      session.flushed = Math.max(session.flushed, m.from - 1);
+      // Not a flushed report: `from` follows what the follower has written, and its last
+      // commit may still be on its way to the disk. Only `flushed` messages count.
       this.pump(ws);
-      this.deps.onFlushed();
       return;
     }
     if (m.offset > this.deps.log.durableOffset()) return this.refuse(ws, session, `reports offset ${m.offset} flushed; this log is durable through ${this.deps.log.durableOffset()}`);

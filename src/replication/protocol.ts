@@ -9,8 +9,10 @@
  * Text frames (JSON):
  *   leader -> follower  {"t":"hello","node_id","incarnation","first","durable"}
  *                       {"t":"progress","first","durable","finished":{target: offset}}   about every second
- *   follower -> leader  {"t":"want","incarnation","from"}     from which offset it needs the log
- *                       {"t":"flushed","incarnation","offset"}  the highest offset it has flushed
+ *   follower -> leader  {"t":"want","incarnation","from"}     from which offset it needs the log (the end of
+ *                                                             what it has written, flushed or not: never a flushed report)
+ *                       {"t":"flushed","incarnation","offset"}  the highest offset it has flushed: sent right
+ *                                                             after "want" (when above 0), then as commits flush
  * Binary frames (leader -> follower): one stored record each,
  *   u8 1 | f64 BE key (the record's first offset) | the record's stored bytes
  */

@@ -13,9 +13,11 @@
 import t, { type Test } from 'tap';
 import { createHash } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Cluster, status, tailReplica } from '../helpers/cluster';
 import { Crowd } from '../helpers/crowd';
+import { request } from '../helpers/http';
 import { LoadClient, type Ack } from '../helpers/load';
 import { PowerCutCrowd, type PowerCutOptions } from '../helpers/powercut';
 import { waitFor } from '../helpers/upstream';
@@ -283,4 +285,114 @@ t.test('negative control: a follower whose syncs sync nothing loses offsets it r
   const k = r.check;
   t.ok(r.reported > 0, `control: b had reported offset ${r.reported} flushed (leader's view ${r.polled}, ${r.values} values seen; highest acknowledged offset ${r.ackedMax}, ${r.acks} acks)`);
   t.ok(k.missing > 0, `the check finds the loss: ${k.missing} of ${r.reported} reported offsets missing (first ${k.firstMissing}); the replica holds ${k.held} offsets, ${k.acksMissing} of ${k.acksChecked} acknowledged ids missing`);
+});
+
+/** A TCP relay to 127.0.0.1:`target`; drop() cuts every connection through it (a network blip). */
+class Relay {
+  private readonly sockets = new Set<Socket>();
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
+
+  static async start(target: () => number): Promise<Relay> {
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const relay = new Relay(server, (server.address() as { port: number }).port);
+    server.on('connection', (from) => {
+      const to = connect(target(), '127.0.0.1');
+      for (const [x, y] of [[from, to], [to, from]] as const) {
+        relay.sockets.add(x);
+        x.pipe(y);
+        x.on('error', () => y.destroy());
+        x.on('close', () => {
+          relay.sockets.delete(x);
+          y.destroy();
+        });
+      }
+    });
+    return relay;
+  }
+
+  drop(): number {
+    const n = this.sockets.size / 2;
+    for (const s of this.sockets) s.destroy();
+    return n;
+  }
+
+  async close(): Promise<void> {
+    this.drop();
+    await new Promise((r) => this.server.close(r));
+  }
+}
+
+// A follower that connects again while a commit of its replica is still being flushed (a network
+// blip here; a restarted or silent leader does the same) asks for the log from the end of what it
+// has written. That end is not on its disk yet: the leader must not count it as flushed, neither
+// in /status nor for a quorum ack. b reaches a through a relay; b's syncs are made to take 3 s,
+// the relay drops the connection while b's commit is being flushed, b connects again, and b's
+// power is cut before the commit completes: no request a acknowledged by quorum may be missing.
+t.test('a follower that connects again during a commit is counted flushed only for what it flushed', async (t) => {
+  let leaderPort = 0;
+  const relay = await Relay.start(() => leaderPort);
+  const c = await Cluster.create({
+    nodes: 2,
+    ack: 'quorum',
+    ackTimeout: '2s',
+    perNode: (i) => (i === 1 ? { cluster: { peers: [`http://127.0.0.1:${relay.port}`] } } : {}),
+    make: (i, o) => (i === 1 ? new PowerCutCrowd(o) : new Crowd(o)),
+  });
+  leaderPort = c.ports[0]!;
+  t.teardown(async () => {
+    await c.stop();
+    await relay.close();
+  });
+  await c.start();
+  await connected(c);
+  const [a, b] = c.nodes as [Crowd, PowerCutCrowd];
+  const incarnation = (await status(a)).incarnation as string;
+  const replicaOfA = async (): Promise<{ last_offset: number; flushed_offset: number } | undefined> => ((await status(b)).cluster.replicas as any[]).find((x) => x.origin === 'a' && x.incarnation === incarnation);
+  const acks: Ack[] = [];
+  const post = async (i: number): Promise<number> => {
+    const body = JSON.stringify({ tag: 'reconnect', i });
+    const r = await request(a.url('/leads'), { body, headers: { 'content-type': 'application/json' } });
+    if (r.status === 200) acks.push({ id: JSON.parse(r.body).id, body: digest(body) });
+    return r.status;
+  };
+  for (let i = 0; i < 10; i++) await post(i);
+  t.equal(acks.length, 10, 'with b following, a acknowledges by quorum');
+  // From now on b's commits take 3 s to flush: the next requests are written on b at once and flushed 3 s later.
+  b.setSyncDelay(3_000_000);
+  const pending = Array.from({ length: 10 }, (_, i) => post(10 + i));
+  const durable = 20;
+  await waitFor(async () => (await leaderView(a, 'b')).durable === durable && (await replicaOfA())?.last_offset === durable, 10_000, `b writes a's log through ${durable}`);
+  const before = (await replicaOfA())!;
+  const dropped = relay.drop();
+  // b connects again at once and says what it needs; the leader's view of b from then on.
+  const seen: number[] = [];
+  const until = Date.now() + 1000;
+  while (Date.now() < until) {
+    const v = (await leaderView(a, 'b')).flushed;
+    if (v !== null) seen.push(v);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const during = (await replicaOfA())!;
+  const ackedBeforeCut = acks.length - 10;
+  const { stats } = await b.cut();
+  b.setSyncDelay(null);
+  await Promise.all(pending);
+  const reported = Math.max(0, ...seen);
+  const k = checkReplica(b.logDir, 'a', incarnation, readLog(a.logDir), reported, acks);
+  t.ok(during.flushed_offset < during.last_offset, `the reconnect fell inside b's commit: ${dropped} connection(s) dropped; b had written a's log through ${during.last_offset} and flushed it through ${during.flushed_offset} (${before.flushed_offset} when the relay dropped); ${stats.preImages} pre-images rolled back`);
+  t.same(
+    { missing: k.missing, wrong: k.wrong, acksMissing: k.acksMissing },
+    { missing: 0, wrong: 0, acksMissing: 0 },
+    `after the cut b holds 1..${k.through}: the leader's view of b after the reconnect (${[...new Set(seen)].join(', ') || 'none'}) and the ${ackedBeforeCut} quorum acks given meanwhile are on b's disk${k.missing ? `; ${k.missing} offsets shown as flushed are missing, from ${k.firstMissing}` : ''}${k.acksMissing ? `; ${k.acksMissing} acknowledged requests missing` : ''}`,
+  );
+  await b.start();
+  await waitFor(async () => {
+    const v = await leaderView(a, 'b');
+    return v.flushed === v.durable && v.lag === 0;
+  }, 20_000, 'b catches up with a');
+  t.pass(`b catches up with a after the cut (a's durable offset ${(await leaderView(a, 'b')).durable})`);
 });
