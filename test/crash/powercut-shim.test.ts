@@ -44,3 +44,25 @@ t.test('POWERCUT_BOOT_ID replaces the boot id a process reads (each start after 
   t.not(real.stdout.toString(), id, 'without it, the real one');
   t.match(real.stdout.toString(), /^[0-9a-f-]{36}\n$/);
 });
+
+t.test('POWERCUT_SYNC_DELAY_FILE slows each sync while it holds a number (setSyncDelay)', async (t) => {
+  const dir = tempDir('crowd-powercut-shim-');
+  const data = join(dir, 'data');
+  mkdirSync(data);
+  const delay = join(dir, 'delay');
+  // Three syncs of a watched file: the file says 300 ms, then it is gone (the env's 0 again).
+  const child = `const fs = require('fs');
+    const fd = fs.openSync(${JSON.stringify(join(data, 'f'))}, 'w');
+    const took = () => { fs.writeSync(fd, 'x'); const t = Date.now(); fs.fdatasyncSync(fd); return Date.now() - t; };
+    const plain = took();
+    fs.writeFileSync(${JSON.stringify(delay)}, '300000');
+    const slow = took();
+    fs.unlinkSync(${JSON.stringify(delay)});
+    console.log(JSON.stringify([plain, slow, took()]));`;
+  const r = spawnSync(process.execPath, ['-e', child], {
+    env: { ...process.env, LD_PRELOAD: SHIM, POWERCUT_DIR: data, POWERCUT_JOURNAL: join(dir, 'journal'), POWERCUT_SYNC_DELAY_US: '0', POWERCUT_SYNC_DELAY_FILE: delay, UV_USE_IO_URING: '0' },
+  });
+  const [plain, slow, after] = JSON.parse(r.stdout.toString()) as number[];
+  t.ok(slow! >= 300, `a sync while the file says 300000 takes ${slow} ms`);
+  t.ok(plain! < 300 && after! < 300, `before and after: ${plain} ms, ${after} ms`);
+});

@@ -29,6 +29,11 @@ export interface ClusterOptions {
   config?: Record<string, any>;
   /** Per-node overrides (by index). */
   perNode?: (i: number) => Partial<CrowdOptions> & { cluster?: Record<string, any> };
+  /**
+   * Builds node `i` from the options the cluster chose for it (default: `new Crowd(options)`),
+   * e.g. `(i, o) => (i === 1 ? new PowerCutCrowd(o) : new Crowd(o))`.
+   */
+  make?: (i: number, options: CrowdOptions) => Crowd;
 }
 
 export class Cluster {
@@ -45,17 +50,17 @@ export class Cluster {
       c.ids.push(id);
       const over = o.perNode?.(i) ?? {};
       const peers = c.ports.filter((_, j) => j !== i).map((p) => `http://127.0.0.1:${p}`);
-      c.nodes.push(
-        new Crowd({
-          ...over,
-          config: {
-            ...(o.config ?? {}),
-            node_id: id,
-            server: { ...(o.config?.server ?? {}), host: '127.0.0.1', port: c.ports[i] },
-            cluster: { peers, secret: SECRET, ack: o.ack ?? 'quorum', ...(o.minInsync ? { min_insync: o.minInsync } : {}), ...(o.ackTimeout ? { ack_timeout: o.ackTimeout } : {}), ...(over.cluster ?? {}) },
-          },
-        }),
-      );
+      const { cluster, ...options } = over;
+      const nodeOptions: CrowdOptions = {
+        ...options,
+        config: {
+          ...(o.config ?? {}),
+          node_id: id,
+          server: { ...(o.config?.server ?? {}), host: '127.0.0.1', port: c.ports[i] },
+          cluster: { peers, secret: SECRET, ack: o.ack ?? 'quorum', ...(o.minInsync ? { min_insync: o.minInsync } : {}), ...(o.ackTimeout ? { ack_timeout: o.ackTimeout } : {}), ...(cluster ?? {}) },
+        },
+      };
+      c.nodes.push(o.make ? o.make(i, nodeOptions) : new Crowd(nodeOptions));
     }
     return c;
   }
@@ -75,9 +80,9 @@ export async function status(node: Crowd): Promise<any> {
   return JSON.parse(r.body);
 }
 
-/** The replica of `origin` held by `node`, as `crowd tail --replica` prints it. */
-export async function tailReplica(node: Crowd, origin: string, extra: string[] = []): Promise<any[]> {
-  const r = await runCli(['tail', '--replica', origin, ...extra, '-c', node.configFile]);
+/** The replica of `origin` held by `node`, as `crowd tail --replica` prints it (`env`: the CLI's environment). */
+export async function tailReplica(node: Crowd, origin: string, extra: string[] = [], env?: NodeJS.ProcessEnv): Promise<any[]> {
+  const r = await runCli(['tail', '--replica', origin, ...extra, '-c', node.configFile], env ? { env } : {});
   if (r.code !== 0) throw new Error(`crowd tail --replica ${origin} exited ${r.code}: ${r.stderr}`);
   return r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
 }

@@ -5,7 +5,7 @@
  * on the device: its bytes and size at its last completed fsync/fdatasync, plus the writes
  * made through O_DSYNC descriptors. The next start runs on that rolled-back log.
  */
-import { closeSync, existsSync, fstatSync, openSync, readFileSync, renameSync, ftruncateSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, renameSync, ftruncateSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { basename, join } from 'node:path';
 import { Crowd, ROOT, tempDir, type CrowdOptions, type ExitInfo } from './crowd';
@@ -109,7 +109,7 @@ export interface PowerCutOptions extends CrowdOptions {
   fakeSync?: boolean;
   /** The second negative control: writes through O_DSYNC descriptors (LMDB's meta page) are durable only once a later sync of the file covers them. */
   dropDsync?: boolean;
-  /** Each sync of a log file first sleeps this long (a slower device). */
+  /** Each sync of a log file first sleeps this long (a slower device); `setSyncDelay` changes it while crowd runs. */
   syncDelayUs?: number;
 }
 
@@ -122,6 +122,8 @@ function newBootId(): string {
 /** A Crowd whose log directory loses its page cache on cut(). */
 export class PowerCutCrowd extends Crowd {
   readonly journal: string;
+  /** Read by the shim at each sync: the delay set by `setSyncDelay`. */
+  private readonly delayFile: string;
   private cuts = 0;
   /** The environment the next start runs with (a cut gives it a new boot id). */
   private readonly shimEnv: NodeJS.ProcessEnv;
@@ -129,6 +131,7 @@ export class PowerCutCrowd extends Crowd {
   constructor(opts: PowerCutOptions = {}) {
     const dir = opts.dir ?? tempDir('crowd-powercut-');
     const journal = join(dir, 'powercut.journal');
+    const delayFile = join(dir, 'powercut.sync-delay');
     const env: NodeJS.ProcessEnv = {
       ...opts.env,
       LD_PRELOAD: SHIM,
@@ -137,12 +140,33 @@ export class PowerCutCrowd extends Crowd {
       POWERCUT_FAKE_SYNC: opts.fakeSync ? '1' : '0',
       POWERCUT_DROP_DSYNC: opts.dropDsync ? '1' : '0',
       POWERCUT_SYNC_DELAY_US: String(opts.syncDelayUs ?? 0),
+      POWERCUT_SYNC_DELAY_FILE: delayFile,
       UV_USE_IO_URING: '0', // every write and sync through libc, where the shim sees it
       POWERCUT_BOOT_ID: newBootId(),
     };
     super({ ...opts, dir, env });
     this.shimEnv = env;
     this.journal = journal;
+    this.delayFile = delayFile;
+  }
+
+  /**
+   * From the next sync on, each sync of a log file sleeps `us` microseconds, in the running
+   * process and the next starts; null goes back to the `syncDelayUs` it was built with.
+   */
+  setSyncDelay(us: number | null): void {
+    if (us === null) rmSync(this.delayFile, { force: true });
+    else writeFileSync(this.delayFile, String(Math.round(us)));
+  }
+
+  /**
+   * The environment of another process on this node's machine (`crowd tail` beside the running
+   * node): the boot id crowd sees now, nothing journaled. A reader with another boot id does not
+   * trust the newest meta page while crowd runs (LMDB marks it flushed only in the half page it
+   * reads after a reboot) and may read the transaction before it.
+   */
+  machineEnv(): NodeJS.ProcessEnv {
+    return { LD_PRELOAD: SHIM, POWERCUT_BOOT_ID: this.shimEnv.POWERCUT_BOOT_ID };
   }
 
   /** SIGKILL, then the rollback; the journal is set aside, the next start begins a new one. */

@@ -17,6 +17,9 @@
  *
  * POWERCUT_SYNC_DELAY_US: each watched sync first sleeps this long (a slower device), so that
  * a cut lands more often between the writes of a commit and their sync.
+ * POWERCUT_SYNC_DELAY_FILE: a file read at each watched sync; while it exists and holds a
+ * number, that many microseconds replace POWERCUT_SYNC_DELAY_US (the device slows down, or
+ * recovers, while the process runs).
  * POWERCUT_FAKE_SYNC=1: syncs succeed without syncing nor writing 'S', and O_DSYNC writes are
  * not durable either (a drive that lies about flushes): the negative control.
  * POWERCUT_DROP_DSYNC=1: only writes through O_DSYNC/O_SYNC descriptors (LMDB's meta page)
@@ -51,6 +54,7 @@ static int journal_fd = -1;
 static int fake_sync;
 static int drop_dsync;
 static useconds_t sync_delay_us;
+static const char *sync_delay_file;
 static uint64_t seq = 1;
 
 static ssize_t (*r_write)(int, const void *, size_t);
@@ -103,6 +107,8 @@ static void init(void) {
   drop_dsync = dd && strcmp(dd, "1") == 0;
   const char *delay = getenv("POWERCUT_SYNC_DELAY_US");
   sync_delay_us = delay ? (useconds_t)strtoul(delay, NULL, 10) : 0;
+  sync_delay_file = getenv("POWERCUT_SYNC_DELAY_FILE");
+  if (sync_delay_file && !*sync_delay_file) sync_delay_file = NULL;
   if (!d || !j || !*d) return;
   if (!realpath(d, watch_dir)) { snprintf(watch_dir, sizeof watch_dir, "%s", d); }
   watch_len = strlen(watch_dir);
@@ -308,6 +314,21 @@ int ftruncate(int fd, off_t len) {
 }
 int ftruncate64(int fd, off64_t len) { return ftruncate(fd, len); }
 
+/* The delay of the next sync: POWERCUT_SYNC_DELAY_FILE's number while it has one, else POWERCUT_SYNC_DELAY_US. */
+static useconds_t sync_delay(void) {
+  if (!sync_delay_file) return sync_delay_us;
+  int fd = r_open(sync_delay_file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return sync_delay_us;
+  char buf[32];
+  ssize_t n = r_read(fd, buf, sizeof buf - 1);
+  r_close(fd);
+  if (n <= 0) return sync_delay_us;
+  buf[n] = 0;
+  char *end;
+  unsigned long us = strtoul(buf, &end, 10);
+  return end == buf ? sync_delay_us : (useconds_t)us;
+}
+
 /* A sync of fd: begins a new epoch (coverage cleared, sequence noted), then on success 'S'. */
 static int do_sync(int fd, int (*call)(void *), void *ctx) {
   pthread_once(&once, init);
@@ -321,7 +342,8 @@ static int do_sync(int fd, int (*call)(void *), void *ctx) {
   size_t saved_n = f->n;
   f->n = 0;
   pthread_mutex_unlock(&mu);
-  if (sync_delay_us) usleep(sync_delay_us); /* a slower device: a wider window for the cut */
+  useconds_t delay = sync_delay();
+  if (delay) usleep(delay); /* a slower device: a wider window for the cut */
   int r = call(ctx);
   pthread_mutex_lock(&mu);
   f = file_of(&st); /* files may have moved (realloc) meanwhile */
