@@ -37,12 +37,10 @@ interface Session {
   flushed: number;
   /** What the last want claimed to hold already (from - 1): reports up to it are not checked against what was sent. */
   claimed: number;
-  /** The first offset this connection was sent since its last want. */
-  sentFrom: number;
   /**
-   * The highest offset reported flushed of those sent on this connection (from `sentFrom`):
-   * only these count toward a quorum. A want's claim cannot be told from a lie (a follower
-   * that says it holds offsets it was never sent), so it counts for nothing.
+   * The highest offset reported flushed that this log had sent to that node_id (on this
+   * connection or an earlier one): only these count toward a quorum. A want's claim to hold
+   * offsets this log never sent there cannot be told from a lie, so it counts for nothing.
    */
   proven: number;
   lastHeard: number;
@@ -81,6 +79,8 @@ export class Leader {
   private readonly sessions = new Map<Ws, Session>();
   private readonly secretDigest: Buffer;
   private stopped = false;
+  /** Per node_id: the highest offset this process sent it (its reports are checked against it). */
+  private readonly everSent = new Map<string, number>();
 
   constructor(private readonly deps: LeaderDeps) {
     this.secretDigest = digest(deps.secret);
@@ -131,7 +131,7 @@ export class Leader {
       res.writeStatus('409 Conflict').end(`replication refused: node_id "${nodeId}" is this node's own`, true);
       return;
     }
-    const session: Session = { nodeId, remote, next: 0, wanting: false, sent: [], inFlight: 0, flushed: 0, claimed: 0, sentFrom: 0, proven: 0, lastHeard: Date.now(), closed: false };
+    const session: Session = { nodeId, remote, next: 0, wanting: false, sent: [], inFlight: 0, flushed: 0, claimed: 0, proven: 0, lastHeard: Date.now(), closed: false };
     res.upgrade({ session }, key, protocol, extensions, context as never);
   }
 
@@ -158,10 +158,8 @@ export class Leader {
       // `from` is not a flushed report: the follower may still be flushing what precedes it.
       session.next = Math.max(m.from, this.deps.log.firstOffset(), 1);
       session.wanting = true;
+      // `from` is not a flushed report either: the follower may still be flushing what precedes it.
       session.claimed = m.from - 1;
-      session.sentFrom = session.next;
-      session.proven = session.next - 1;
-      session.flushed = Math.max(session.flushed, m.from - 1);
       this.pump(ws);
       return;
     }
@@ -170,7 +168,7 @@ export class Leader {
     const sentThrough = session.next - 1;
     if (m.offset > Math.max(sentThrough, session.claimed)) return this.refuse(ws, session, `reports offset ${m.offset} flushed; it was sent offsets through ${sentThrough} and said it held ${session.claimed}`);
     let moved = false;
-    if (m.offset >= session.sentFrom && m.offset > session.proven) {
+    if (m.offset <= (this.everSent.get(session.nodeId) ?? 0) && m.offset > session.proven) {
       session.proven = m.offset;
       moved = true;
     }
@@ -217,6 +215,7 @@ export class Leader {
           session.inFlight += r.bytes.length;
           session.next = r.last + 1;
         }
+        if (session.next - 1 > (this.everSent.get(session.nodeId) ?? 0)) this.everSent.set(session.nodeId, session.next - 1);
       });
     }
   }
@@ -239,13 +238,13 @@ export class Leader {
   }
 
   /**
-   * Followers (by node_id) that reported `offset` flushed after it was sent to them on their
-   * current connection: the copies a quorum counts. What a follower says it held before is
-   * not counted, since this log cannot check it.
+   * Followers (by node_id) that reported `offset` flushed after this log sent it to them (on
+   * this connection or an earlier one): the copies a quorum counts. A claim to hold offsets
+   * never sent there is not counted, since this log cannot check it.
    */
   copies(offset: number): number {
     const nodes = new Set<string>();
-    for (const s of this.sessions.values()) if (!s.closed && s.wanting && s.sentFrom <= offset && offset <= s.proven) nodes.add(s.nodeId);
+    for (const s of this.sessions.values()) if (!s.closed && s.wanting && offset <= s.proven) nodes.add(s.nodeId);
     return nodes.size;
   }
 
