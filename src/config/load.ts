@@ -217,6 +217,7 @@ function checkCluster(c: Config, problems: ConfigProblem[]): void {
   if (cl.peers.length > 0 && cl.secret === undefined && cl.secret_file === undefined) problems.push({ where: 'cluster.secret', problem: 'is required when cluster.peers is set (or cluster.secret_file): peers authenticate with it' });
   if (cl.min_insync === 0) cl.min_insync = Math.floor(n / 2) + 1;
   else if (cl.min_insync > n) problems.push({ where: 'cluster.min_insync', problem: `${cl.min_insync} is more than the ${n} nodes this one knows (itself and ${cl.peers.length} peers)` });
+  if (cl.ack === 'quorum' && cl.peers.length > 0 && cl.min_insync === 1) problems.push({ where: 'cluster.min_insync', problem: 'is 1 with ack = "quorum": the quorum would be this node alone, which is ack = "local"; set 2 or more, or ack = "local"' });
   if (cl.ack === 'quorum' && cl.peers.length === 0) problems.push({ where: 'cluster.ack', problem: '"quorum" needs cluster.peers: with no peers only the local copy exists' });
   const seen = new Set<string>();
   cl.peers.forEach((p, i) => {

@@ -17,6 +17,10 @@ import { forEachInRecord, recordCount } from './record';
 
 export type ReplicaKey = [string, string, number];
 
+/** Records counted per event-loop turn, and removed per trim transaction. */
+const COUNT_CHUNK = 5000;
+const TRIM_CHUNK = 1000;
+
 export interface ReplicaMeta {
   origin: string;
   incarnation: string;
@@ -33,7 +37,8 @@ export interface ReplicaInfo {
   first_offset: number;
   last_offset: number;
   flushed_offset: number;
-  bytes: number;
+  /** null while being counted (after a start). */
+  bytes: number | null;
   gaps: number;
   finished: Record<string, number>;
 }
@@ -76,8 +81,11 @@ export class Replica {
   private written: number;
   /** The last offset whose commit is flushed. */
   private flushedOffset: number;
-  private bytes = 0;
+  /** Stored bytes: null until counted (in the background, on the first info()). */
+  private bytes: number | null = null;
+  private counting = false;
   private chain: Promise<void> = Promise.resolve();
+  private trimming: Promise<number> | null = null;
 
   constructor(
     readonly origin: string,
@@ -89,7 +97,46 @@ export class Replica {
   ) {
     this.written = this.lastStored();
     this.flushedOffset = this.written;
-    for (const { value } of this.db.getRange({ start: [origin, incarnation, 0], end: [origin, incarnation, Number.MAX_SAFE_INTEGER] })) this.bytes += value.length;
+  }
+
+  /**
+   * Counts the stored bytes a chunk per event-loop turn (a replica may hold gigabytes: one
+   * pass would stall the node). Appends and trims meanwhile adjust the count as they go.
+   */
+  private countBytes(): void {
+    if (this.counting || this.bytes !== null) return;
+    this.counting = true;
+    let total = 0;
+    let after = -1;
+    // Records at or below this key existed when counting began; later ones are added by append().
+    this.countThrough = this.lastKey();
+    const step = (): void => {
+      let n = 0;
+      for (const { key, value } of this.db.getRange({ start: [this.origin, this.incarnation, after + 1], end: [this.origin, this.incarnation, this.countThrough + 1] })) {
+        total += value.length;
+        after = key[2];
+        if (++n >= COUNT_CHUNK) break;
+      }
+      this.countedBelow = after;
+      if (n >= COUNT_CHUNK) {
+        setImmediate(step);
+        return;
+      }
+      this.bytes = total + this.bytesAdded - this.bytesTrimmedCounted;
+      this.counting = false;
+    };
+    step();
+  }
+
+  /** While counting: the highest key counted so far, the last key when counting began, and what changed meanwhile. */
+  private countedBelow = -1;
+  private countThrough = -1;
+  private bytesAdded = 0;
+  private bytesTrimmedCounted = 0;
+
+  private lastKey(): number {
+    for (const key of this.db.getKeys({ start: [this.origin, this.incarnation, Number.MAX_SAFE_INTEGER], end: [this.origin, this.incarnation, 0], reverse: true, limit: 1 })) return key[2];
+    return -1;
   }
 
   static metaKey(origin: string, incarnation: string): string {
@@ -121,6 +168,7 @@ export class Replica {
   }
 
   info(): ReplicaInfo {
+    this.countBytes();
     return {
       origin: this.origin,
       incarnation: this.incarnation,
@@ -148,10 +196,15 @@ export class Replica {
       this.write(() => durable(this.metaDb.put(Replica.metaKey(this.origin, this.incarnation), this.meta))).catch(() => {});
     }
     this.written = last;
-    this.bytes += record.length;
-    const put = this.write(() => durable(putNew(this.db, [this.origin, this.incarnation, key], record))).then((ok) => {
-      if (!ok) throw new CrowdError('CROWD_ERR_LOG_OFFSET', `offset ${key} of the replica of ${this.origin}/${this.incarnation} is already stored: refusing to overwrite it`);
+    if (this.bytes !== null) this.bytes += record.length;
+    else if (this.counting) this.bytesAdded += record.length;
+    // A collision fails the log (and the node) as a local one does: never an overwrite.
+    const put = this.write(async () => {
+      if (!(await durable(putNew(this.db, [this.origin, this.incarnation, key], record)))) {
+        throw new CrowdError('CROWD_ERR_LOG_OFFSET', `offset ${key} of the replica of ${this.origin}/${this.incarnation} is already stored: refusing to overwrite it`);
+      }
     });
+    put.catch(() => {}); // observed through the chain; after an earlier failure, nobody else waits for it
     // Flushes settle in commit order; the chain keeps flushed() monotonic whatever order the promises run in.
     this.chain = this.chain.then(() => put).then(() => {
       if (last > this.flushedOffset) this.flushedOffset = last;
@@ -167,20 +220,34 @@ export class Replica {
     await this.write(() => durable(this.metaDb.put(Replica.metaKey(this.origin, this.incarnation), this.meta)));
   }
 
-  /** Follows the leader's retention: removes whole records that end below `first`. */
-  async trimBelow(first: number): Promise<number> {
-    const keys: { key: ReplicaKey; bytes: number }[] = [];
-    for (const { key, value } of this.db.getRange({ start: [this.origin, this.incarnation, 0], end: [this.origin, this.incarnation, first], limit: 1000 })) {
-      if (key[2] + recordCount(value) - 1 >= first) break;
-      // Never below what the targets have not finished (the leader's retention guarantees it; checked here too).
-      const floor = Math.min(...Object.values(this.meta.finished), Infinity);
-      if (key[2] + recordCount(value) - 1 >= floor) break;
-      keys.push({ key, bytes: value.length });
-    }
-    if (keys.length === 0) return 0;
-    await this.write(() => Promise.all(keys.map((k) => durable(this.db.remove(k.key)))));
-    for (const k of keys) this.bytes -= k.bytes;
-    return keys.length;
+  /**
+   * Follows the leader's retention: removes whole records that end below `first` (and below
+   * every finished offset), in chunks, one pass at a time.
+   */
+  trimBelow(first: number): Promise<number> {
+    if (this.trimming) return this.trimming;
+    const run = async (): Promise<number> => {
+      let removed = 0;
+      for (;;) {
+        const floor = Math.min(first, Math.min(...Object.values(this.meta.finished), Infinity) + 1);
+        const keys: { key: ReplicaKey; bytes: number }[] = [];
+        for (const { key, value } of this.db.getRange({ start: [this.origin, this.incarnation, 0], end: [this.origin, this.incarnation, floor], limit: TRIM_CHUNK })) {
+          // Never what a target has not finished (the leader's retention guarantees it; checked here too).
+          if (key[2] + recordCount(value) - 1 >= floor) break;
+          keys.push({ key, bytes: value.length });
+        }
+        if (keys.length === 0) return removed;
+        await this.write(() => Promise.all(keys.map((k) => durable(this.db.remove(k.key)))));
+        for (const k of keys) {
+          if (this.bytes !== null) this.bytes -= k.bytes;
+          else if (this.counting && k.key[2] <= this.countedBelow) this.bytesTrimmedCounted += k.bytes;
+        }
+        removed += keys.length;
+        if (keys.length < TRIM_CHUNK) return removed;
+      }
+    };
+    this.trimming = run().finally(() => (this.trimming = null));
+    return this.trimming;
   }
 
   /** Up to `limit` envelopes from `from` through the flushed offset. */

@@ -5,12 +5,13 @@
  * offset flushed. Anything malformed closes the connection with a logged reason and writes
  * nothing; the link reconnects with backoff.
  */
+import { randomBytes } from 'node:crypto';
 import WebSocket from 'ws';
 import type { Log } from '../log/log';
 import type { Replica } from '../log/replica';
 import type { Logger } from '../observability/logger';
-import { FRAME_BYTES_MAX } from './leader';
-import { closeReason, parseLeaderMessage, parseRecordFrame, REPLICATE_PATH, type Flushed, type Want } from './protocol';
+import { FRAME_BYTES_MAX, WINDOW_BYTES } from './leader';
+import { checkLeaderProof, closeReason, followerAuth, parseLeaderMessage, parseRecordFrame, REPLICATE_PATH, type Flushed, type Want } from './protocol';
 
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 2000;
@@ -56,6 +57,10 @@ export class PeerLink {
   private reported = 0;
   private reportScheduled = false;
   private failures = 0;
+  /** The nonce of the current connection's Crowd-Auth (the leader's proof covers it). */
+  private nonce = '';
+  /** Record bytes received and not yet flushed. */
+  private pendingBytes = 0;
   /** The connection whose hello was taken. */
   private helloOn: WebSocket | null = null;
 
@@ -79,8 +84,10 @@ export class PeerLink {
     if (this.stopped) return;
     this.timer = null;
     if (this.state !== 'unauthorized' && this.state !== 'refused' && this.state !== 'down') this.state = 'connecting';
+    const nonce = randomBytes(16).toString('hex');
+    this.nonce = nonce;
     const ws = new WebSocket(this.wsUrl(), {
-      headers: { authorization: `Bearer ${this.deps.secret}`, 'crowd-node-id': this.deps.nodeId },
+      headers: { 'crowd-auth': followerAuth(this.deps.secret, this.deps.nodeId, Date.now(), nonce), 'crowd-node-id': this.deps.nodeId },
       handshakeTimeout: 5000,
       maxPayload: FRAME_BYTES_MAX,
       perMessageDeflate: false,
@@ -97,8 +104,8 @@ export class PeerLink {
       ws.terminate();
     });
     ws.on('open', () => {
-      this.backoff = BACKOFF_MIN_MS;
-      this.failures = 0;
+      // The backoff resets only once the leader serves the log (its first progress), so a
+      // leader that refuses right after the handshake is not retried ten times a second.
       this.state = 'connected';
       this.reason = undefined;
       this.lastHeard = Date.now();
@@ -144,6 +151,12 @@ export class PeerLink {
     if (typeof m === 'string') return this.close(ws, m);
     if (m.t === 'hello') {
       // One log per connection: a second hello (another incarnation, or the same again) is a broken leader.
+      // The leader proves it knows the secret (the secret never crosses the network).
+      if (!checkLeaderProof(this.deps.secret, m, this.nonce)) {
+        this.fail('unauthorized', `${this.url} answered without proof that it knows cluster.secret: not a peer of this cluster`);
+        ws.terminate();
+        return;
+      }
       if (this.helloOn === ws) return this.close(ws, `a second hello on one connection (incarnation ${m.incarnation}${this.incarnation ? `, was ${this.incarnation}` : ''})`);
       this.helloOn = ws;
       if (m.node_id === this.deps.nodeId) {
@@ -175,6 +188,8 @@ export class PeerLink {
       return;
     }
     if (!this.replica) return this.close(ws, 'progress before hello');
+    this.backoff = BACKOFF_MIN_MS;
+    this.failures = 0;
     this.leaderFirst = m.first;
     this.leaderDurable = m.durable;
     void this.replica.setFinished(m.finished).catch(() => {});
@@ -186,6 +201,8 @@ export class PeerLink {
     if (!replica) return this.close(ws, 'a record before hello');
     const f = parseRecordFrame(data);
     if (typeof f === 'string') return this.close(ws, f);
+    // An honest leader never has more than its window (or one larger record) unreported here.
+    if (this.pendingBytes + f.record.length > WINDOW_BYTES + FRAME_BYTES_MAX) return this.close(ws, `the leader sent ${this.pendingBytes + f.record.length} bytes not yet flushed here, past its window`);
     const before = replica.lastWritten();
     let flushed: Promise<void>;
     try {
@@ -195,8 +212,13 @@ export class PeerLink {
       return this.close(ws, (err as Error).message);
     }
     if (f.key > before + 1) this.deps.onGap(replica.origin, before + 1, f.key - 1);
+    const size = f.record.length;
+    this.pendingBytes += size;
     flushed.then(
-      () => this.scheduleReport(),
+      () => {
+        this.pendingBytes -= size;
+        this.scheduleReport();
+      },
       () => {
         /* the log failed: the node stops */
       },
@@ -231,7 +253,7 @@ export class PeerLink {
       return;
     }
     const r = this.replica;
-    if (r && ws.readyState === WebSocket.OPEN) {
+    if (r && this.helloOn === ws && ws.readyState === WebSocket.OPEN) {
       const m: Flushed = { t: 'flushed', incarnation: r.incarnation, offset: r.flushed() };
       ws.send(JSON.stringify(m));
     }

@@ -6,15 +6,20 @@
  * record is larger); the rest stays in the log and
  * is read when the follower's reports free the window, so a slow follower costs no memory.
  */
-import { timingSafeEqual, createHash } from 'node:crypto';
 import type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSockets.js';
 import { LIMITS, NAME } from '../config/schema';
 import type { Log } from '../log/log';
 import type { Logger } from '../observability/logger';
-import { closeReason, parseFollowerMessage, recordFrame, REPLICATE_PATH, type Hello, type Progress } from './protocol';
+import { AUTH_SKEW_MS, checkFollowerAuth, closeReason, leaderProof, parseFollowerMessage, recordFrame, REPLICATE_PATH, type Hello, type Progress } from './protocol';
 
 /** Bytes sent to one follower and not yet reported flushed. */
 export const WINDOW_BYTES = 8 * 1024 * 1024;
+/** Sent ranges kept per follower node (each want or retention jump may start one). */
+const SENT_RANGES_MAX = 64;
+/** Nonces remembered (older than two clock skews they are forgotten first). */
+const NONCES_MAX = 100_000;
+/** Follower node ids whose sent ranges are kept while they are not connected. */
+const SENT_NODES_MAX = 256;
 /** The largest record frame: one envelope of the largest body crowd can take, with its headers. */
 export const FRAME_BYTES_MAX = 2 * LIMITS.max_body_bytes_max;
 /** One read from the log, at most (a larger record goes alone). */
@@ -26,6 +31,8 @@ export const LIVE_MS = 3000;
 
 interface Session {
   nodeId: string;
+  /** The follower's nonce, which the hello's proof covers. */
+  nonce: string;
   remote: string;
   /** Set once the follower said what it wants. */
   next: number;
@@ -73,17 +80,16 @@ export interface LeaderDeps {
 
 type Ws = WebSocket<{ session: Session }>;
 
-const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
 
 export class Leader {
   private readonly sessions = new Map<Ws, Session>();
-  private readonly secretDigest: Buffer;
   private stopped = false;
-  /** Per node_id: the highest offset this process sent it (its reports are checked against it). */
-  private readonly everSent = new Map<string, number>();
+  /** Nonces of accepted Crowd-Auth headers, by when (replays are refused). */
+  private readonly nonces = new Map<string, number>();
+  /** Per node_id: the offset ranges this process sent it, merged, ascending (a quorum counts only these). */
+  private readonly sentRanges = new Map<string, [number, number][]>();
 
   constructor(private readonly deps: LeaderDeps) {
-    this.secretDigest = digest(deps.secret);
   }
 
   /** Adds the WebSocket route to the ingest app (before it listens). */
@@ -105,19 +111,19 @@ export class Leader {
 
   private upgrade(res: HttpResponse, req: HttpRequest, context: unknown): void {
     const remote = Buffer.from(res.getRemoteAddressAsText()).toString();
-    const auth = req.getHeader('authorization');
+    const auth = req.getHeader('crowd-auth');
     const nodeId = req.getHeader('crowd-node-id');
     const key = req.getHeader('sec-websocket-key');
     const protocol = req.getHeader('sec-websocket-protocol');
     const extensions = req.getHeader('sec-websocket-extensions');
-    const presented = auth.startsWith('Bearer ') ? auth.slice(7) : '';
     if (this.stopped) {
       res.writeStatus('503 Service Unavailable').end('replication refused: this node is stopping', true);
       return;
     }
-    // Digests of equal length: the comparison takes the same time whatever is presented.
-    if (!timingSafeEqual(digest(presented), this.secretDigest)) {
-      const why = presented === '' ? 'no secret presented' : 'wrong secret';
+    const checked = checkFollowerAuth(this.deps.secret, nodeId, auth);
+    const replayed = typeof checked !== 'string' && this.seenNonce(checked.nonce, checked.at);
+    if (typeof checked === 'string' || replayed) {
+      const why = typeof checked === 'string' ? checked : 'a replayed Crowd-Auth (its nonce was used before)';
       this.deps.onAuthFailure(remote, why);
       res.writeStatus('401 Unauthorized').end(`replication refused: ${why} (cluster.secret)`, true);
       return;
@@ -131,7 +137,7 @@ export class Leader {
       res.writeStatus('409 Conflict').end(`replication refused: node_id "${nodeId}" is this node's own`, true);
       return;
     }
-    const session: Session = { nodeId, remote, next: 0, wanting: false, sent: [], inFlight: 0, flushed: 0, claimed: 0, proven: 0, lastHeard: Date.now(), closed: false };
+    const session: Session = { nodeId, remote, nonce: checked.nonce, next: 0, wanting: false, sent: [], inFlight: 0, flushed: 0, claimed: 0, proven: 0, lastHeard: Date.now(), closed: false };
     res.upgrade({ session }, key, protocol, extensions, context as never);
   }
 
@@ -139,7 +145,7 @@ export class Leader {
     const session = ws.getUserData().session;
     this.sessions.set(ws, session);
     const log = this.deps.log;
-    const hello: Hello = { t: 'hello', node_id: this.deps.nodeId, incarnation: log.incarnation, first: log.firstOffset(), durable: log.durableOffset() };
+    const hello: Hello = { t: 'hello', node_id: this.deps.nodeId, incarnation: log.incarnation, first: log.firstOffset(), durable: log.durableOffset(), proof: leaderProof(this.deps.secret, this.deps.nodeId, log.incarnation, session.nonce) };
     ws.send(JSON.stringify(hello));
     this.deps.logger.info({ event: 'follower_connected', node_id: session.nodeId, remote: session.remote }, `peer ${session.nodeId} (${session.remote}) follows this log`);
   }
@@ -152,6 +158,7 @@ export class Leader {
     if (m.incarnation !== this.deps.log.incarnation) return this.refuse(ws, session, `asks for incarnation ${m.incarnation}; this log is ${this.deps.log.incarnation}`);
     const durable = this.deps.log.durableOffset();
     if (m.t === 'want') {
+      if (session.wanting) return this.refuse(ws, session, 'a second want on one connection');
       // A follower holds only what this log sent it, and this log sends only durable records.
       if (m.from > durable + 1) return this.refuse(ws, session, `asks from offset ${m.from}, past this log's durable offset ${durable}: it cannot hold offsets this log never made durable (was this log directory restored from an older copy?)`);
       // From the record holding `from`; below the first offset (retention), from the first.
@@ -168,7 +175,7 @@ export class Leader {
     const sentThrough = session.next - 1;
     if (m.offset > Math.max(sentThrough, session.claimed)) return this.refuse(ws, session, `reports offset ${m.offset} flushed; it was sent offsets through ${sentThrough} and said it held ${session.claimed}`);
     let moved = false;
-    if (m.offset <= (this.everSent.get(session.nodeId) ?? 0) && m.offset > session.proven) {
+    if (m.offset > session.proven) {
       session.proven = m.offset;
       moved = true;
     }
@@ -214,10 +221,58 @@ export class Leader {
           session.sent.push({ last: r.last, bytes: r.bytes.length });
           session.inFlight += r.bytes.length;
           session.next = r.last + 1;
+          this.noteSent(session.nodeId, r.key, r.last);
         }
-        if (session.next - 1 > (this.everSent.get(session.nodeId) ?? 0)) this.everSent.set(session.nodeId, session.next - 1);
       });
     }
+  }
+
+  /** True when `nonce` was presented within the last two skews (a replay); else remembers it. */
+  private seenNonce(nonce: string, at: number): boolean {
+    const now = Date.now();
+    if (this.nonces.size >= NONCES_MAX) for (const [n, t] of this.nonces) if (now - t > 2 * AUTH_SKEW_MS) this.nonces.delete(n);
+    if (this.nonces.has(nonce)) return true;
+    if (this.nonces.size >= NONCES_MAX) this.nonces.delete(this.nonces.keys().next().value as string);
+    this.nonces.set(nonce, Math.max(now, at));
+    return false;
+  }
+
+  /** Adds [from, through] to what was sent to `node` (merged; at most SENT_RANGES_MAX ranges, the oldest dropped). */
+  private noteSent(node: string, from: number, through: number): void {
+    let ranges = this.sentRanges.get(node);
+    if (!ranges) {
+      // Node ids come from the peers: forget those without a connection once there are many.
+      if (this.sentRanges.size >= SENT_NODES_MAX) {
+        const connected = new Set([...this.sessions.values()].map((x) => x.nodeId));
+        for (const k of this.sentRanges.keys()) if (!connected.has(k)) this.sentRanges.delete(k);
+      }
+      this.sentRanges.set(node, (ranges = []));
+    }
+    const last = ranges[ranges.length - 1];
+    if (last && from >= last[0] && from <= last[1] + 1) {
+      if (through > last[1]) last[1] = through;
+      return;
+    }
+    ranges.push([from, through]);
+    ranges.sort((a, b) => a[0] - b[0]);
+    const merged: [number, number][] = [];
+    for (const r of ranges) {
+      const m = merged[merged.length - 1];
+      if (m && r[0] <= m[1] + 1) m[1] = Math.max(m[1], r[1]);
+      else merged.push([r[0], r[1]]);
+    }
+    this.sentRanges.set(node, merged.slice(-SENT_RANGES_MAX));
+  }
+
+  private wasSent(node: string, offset: number): boolean {
+    const ranges = this.sentRanges.get(node);
+    if (!ranges) return false;
+    for (let i = ranges.length - 1; i >= 0; i--) {
+      const r = ranges[i]!;
+      if (offset > r[1]) return false;
+      if (offset >= r[0]) return true;
+    }
+    return false;
   }
 
   /** New records are durable: send them. */
@@ -244,7 +299,7 @@ export class Leader {
    */
   copies(offset: number): number {
     const nodes = new Set<string>();
-    for (const s of this.sessions.values()) if (!s.closed && s.wanting && offset <= s.proven) nodes.add(s.nodeId);
+    for (const s of this.sessions.values()) if (!s.closed && s.wanting && offset <= s.proven && this.wasSent(s.nodeId, offset)) nodes.add(s.nodeId);
     return nodes.size;
   }
 

@@ -2,9 +2,13 @@
  * The peer protocol on /_crowd/replicate (one WebSocket per (follower, leader) pair; the
  * follower connects to the leader's ingest port).
  *
- * Upgrade request headers: `Authorization: Bearer <cluster.secret>`, `Crowd-Node-Id`
- * (the follower's node_id). Refused with 401 (wrong or missing secret) or 409 (the
- * follower claims the leader's own node_id).
+ * Upgrade request headers: `Crowd-Node-Id` (the follower's node_id) and
+ * `Crowd-Auth: v1 <unix ms> <nonce> <mac>`, mac = HMAC-SHA256(cluster.secret,
+ * "crowd-follow\n<node_id>\n<unix ms>\n<nonce>") in hex: the secret itself never crosses the
+ * network. The leader refuses with 401 a wrong mac, a time more than a minute off its clock
+ * or a nonce it has seen (a replay), and with 409 the leader's own node_id. Its hello proves
+ * it knows the secret too: proof = HMAC-SHA256(cluster.secret, "crowd-lead\n<its node_id>\n
+ * <incarnation>\n<the follower's nonce>"); a follower drops a leader without it.
  *
  * Text frames (JSON):
  *   leader -> follower  {"t":"hello","node_id","incarnation","first","durable"}
@@ -23,6 +27,7 @@
  * follower's current connection: what a want says the follower held already is taken
  * for the window and status, never for a quorum.
  */
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { NAME } from '../config/schema';
 
 export const REPLICATE_PATH = '/_crowd/replicate';
@@ -35,6 +40,40 @@ export interface Hello {
   incarnation: string;
   first: number;
   durable: number;
+  /** The leader's proof that it knows the secret (see above). */
+  proof?: string;
+}
+
+/** How far a follower's clock may be from the leader's. */
+export const AUTH_SKEW_MS = 60_000;
+
+const mac = (secret: string, text: string): string => createHmac('sha256', secret).update(text).digest('hex');
+
+/** The follower's Crowd-Auth header value. */
+export function followerAuth(secret: string, nodeId: string, now = Date.now(), nonce = randomBytes(16).toString('hex')): string {
+  return `v1 ${now} ${nonce} ${mac(secret, `crowd-follow\n${nodeId}\n${now}\n${nonce}`)}`;
+}
+
+/** Checks a Crowd-Auth header; the nonce when it is right, else what is wrong (never the presented values). */
+export function checkFollowerAuth(secret: string, nodeId: string, header: string, now = Date.now()): { nonce: string; at: number } | string {
+  if (header === '') return 'no credentials presented';
+  const m = /^v1 (\d{1,15}) ([0-9a-f]{32}) ([0-9a-f]{64})$/.exec(header);
+  if (!m) return 'malformed Crowd-Auth header';
+  const at = Number(m[1]);
+  const want = Buffer.from(mac(secret, `crowd-follow\n${nodeId}\n${m[1]}\n${m[2]}`), 'hex');
+  if (!timingSafeEqual(want, Buffer.from(m[3]!, 'hex'))) return 'wrong secret';
+  if (Math.abs(now - at) > AUTH_SKEW_MS) return `its clock is ${Math.round((at - now) / 1000)} s off this node's (at most ${AUTH_SKEW_MS / 1000} s: check NTP)`;
+  return { nonce: m[2]!, at };
+}
+
+/** The leader's proof in its hello. */
+export function leaderProof(secret: string, nodeId: string, incarnation: string, nonce: string): string {
+  return mac(secret, `crowd-lead\n${nodeId}\n${incarnation}\n${nonce}`);
+}
+
+export function checkLeaderProof(secret: string, hello: Hello, nonce: string): boolean {
+  if (typeof hello.proof !== 'string' || !/^[0-9a-f]{64}$/.test(hello.proof)) return false;
+  return timingSafeEqual(Buffer.from(leaderProof(secret, hello.node_id, hello.incarnation, nonce), 'hex'), Buffer.from(hello.proof, 'hex'));
 }
 
 export interface Progress {

@@ -144,6 +144,9 @@ export class Replicator implements QuorumGate {
   // QuorumGate
 
   refusal(): string | null {
+    // Waiting for peers counts against the same bound as waiting for the disk.
+    const waiting = this.waiters.length - this.head;
+    if (waiting >= this.deps.config.log.max_pending_writes) return `too many requests waiting for the quorum (${waiting}, log.max_pending_writes); retry later`;
     const live = this.leader.followers().filter((f) => f.live).length;
     if (live >= this.needed) return null;
     return `quorum unreachable: ${live} of the ${this.needed} peers cluster.min_insync needs are replicating from this node (heard within ${LIVE_MS / 1000} s); retry later`;

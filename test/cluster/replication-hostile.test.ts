@@ -19,7 +19,7 @@ import { request } from '../helpers/http';
 import { encodeEnvelope } from '../../src/log/codec';
 import { frameRecord } from '../../src/log/record';
 import { checkRecord } from '../../src/log/replica';
-import { parseRecordFrame, recordFrame, REPLICATE_PATH } from '../../src/replication/protocol';
+import { checkFollowerAuth, followerAuth, leaderProof, parseRecordFrame, recordFrame, REPLICATE_PATH } from '../../src/replication/protocol';
 import { Packr } from 'msgpackr';
 
 const ORIGIN = 'leader-x';
@@ -173,9 +173,12 @@ t.test('(a) a hostile leader: every bad frame closes the link with a logged reas
   /** Next connection: hello, then the follower's want; returns both. */
   const open = async (incarnation: string, durable: number, first = 0) => {
     const c = await leader.next();
-    t.equal(c.req!.headers.authorization, `Bearer ${SECRET}`, 'the follower presents the cluster secret');
+    const auth = checkFollowerAuth(SECRET, 'f', String(c.req!.headers['crowd-auth'] ?? ''));
+    t.type(auth, 'object', `the follower proves it knows the secret (${typeof auth === 'string' ? auth : 'ok'})`);
+    t.notMatch(JSON.stringify(c.req!.headers), new RegExp(SECRET), 'without sending it');
     t.equal(c.req!.headers['crowd-node-id'], 'f', 'and its node_id');
-    c.ws.send(JSON.stringify({ t: 'hello', node_id: ORIGIN, incarnation, first, durable }));
+    const nonce = typeof auth === 'string' ? '' : auth.nonce;
+    c.ws.send(JSON.stringify({ t: 'hello', node_id: ORIGIN, incarnation, first, durable, proof: leaderProof(SECRET, ORIGIN, incarnation, nonce) }));
     const want = await c.text((m) => m.t === 'want');
     return { c, want };
   };
@@ -216,6 +219,17 @@ t.test('(a) a hostile leader: every bad frame closes the link with a logged reas
     await c.closedWithin();
     t.match((await logLine(node, mark, (j) => j.event === 'replication_closed')).reason, /hello lacks/, 'a hello with a negative first offset');
     await ingestOk(t, node, 'a malformed hello');
+  }
+
+  // A leader that does not know the secret (anything answering at a peer's address): no proof
+  // in its hello, or a wrong one. The follower asks for nothing and writes nothing.
+  for (const [what, proof] of [['no proof', undefined], ['a proof made with another secret', leaderProof('another-secret-0123456789', ORIGIN, INC_A, '0'.repeat(32))]] as const) {
+    const mark = node.lines.length;
+    const c = await leader.next();
+    c.ws.send(JSON.stringify({ t: 'hello', node_id: ORIGIN, incarnation: INC_A, first: 0, durable: 0, ...(proof ? { proof } : {}) }));
+    await c.closedWithin();
+    t.match((await logLine(node, mark, (j) => j.event === 'peer_unauthorized')).reason, /answered without proof that it knows cluster\.secret/, `a hello with ${what}: refused`);
+    t.notOk(c.texts.some((m: any) => m.t === 'want'), `a hello with ${what}: nothing asked for`);
   }
 
   // Malformed frames after a good hello.
@@ -328,13 +342,14 @@ t.test('(b, c) hostile followers against a real leader', async (t) => {
   const node = new Crowd({ config: { node_id: 'L', cluster: { peers: [`http://127.0.0.1:${dead}`], secret: SECRET, ack: 'quorum', min_insync: 2, ack_timeout: '2s' } } });
   t.teardown(() => node.stop());
   await node.start();
-  const good = { authorization: `Bearer ${SECRET}`, 'crowd-node-id': 'fake' };
+  /** Fresh credentials for `id` (each Crowd-Auth nonce is good once). */
+  const auth = (id: string, secret = SECRET) => ({ 'crowd-auth': followerAuth(secret, id), 'crowd-node-id': id });
   const hello = async (c: Conn) => c.text((m) => m.t === 'hello');
 
   await t.test('authentication and identity', async (t) => {
     const before = await metric(node, 'crowd_peer_auth_failures_total');
     let mark = node.lines.length;
-    const wrong = await follow(node.port, { ...good, authorization: 'Bearer not-the-cluster-secret-at-all' });
+    const wrong = await follow(node.port, auth('fake', 'not-the-cluster-secret-at-all'));
     t.equal(wrong.status, 401, 'a wrong secret: 401');
     t.match(wrong.body, /wrong secret/);
     const line = await logLine(node, mark, (j) => j.event === 'peer_unauthorized');
@@ -344,23 +359,34 @@ t.test('(b, c) hostile followers against a real leader', async (t) => {
     mark = node.lines.length;
     const none = await follow(node.port, { 'crowd-node-id': 'fake' });
     t.equal(none.status, 401, 'no secret: 401');
-    t.equal((await logLine(node, mark, (j) => j.event === 'peer_unauthorized')).reason, 'no secret presented');
-    t.equal(await metric(node, 'crowd_peer_auth_failures_total'), before + 2, 'crowd_peer_auth_failures_total counts both');
+    t.equal((await logLine(node, mark, (j) => j.event === 'peer_unauthorized')).reason, 'no credentials presented');
+    mark = node.lines.length;
+    const once = auth('fake');
+    const first = await follow(node.port, once);
+    t.ok(first.conn, 'good credentials: connected');
+    first.conn?.ws.terminate();
+    const replay = await follow(node.port, once);
+    t.equal(replay.status, 401, 'the same Crowd-Auth again (a replay): 401');
+    t.match((await logLine(node, mark, (j) => j.event === 'peer_unauthorized')).reason, /replayed/);
+    const late = await follow(node.port, { 'crowd-auth': followerAuth(SECRET, 'fake', Date.now() - 5 * 60_000), 'crowd-node-id': 'fake' });
+    t.equal(late.status, 401, 'a Crowd-Auth five minutes old: 401');
+    t.match(late.body, /clock is -300 s off this node's/);
+    t.equal(await metric(node, 'crowd_peer_auth_failures_total'), before + 4, 'crowd_peer_auth_failures_total counts all four');
 
-    const noId = await follow(node.port, { authorization: good.authorization });
+    const noId = await follow(node.port, { 'crowd-auth': followerAuth(SECRET, '') });
     t.equal(noId.status, 400, 'no Crowd-Node-Id: 400');
     t.match(noId.body, /Crowd-Node-Id/);
-    t.equal((await follow(node.port, { ...good, 'crowd-node-id': 'has space' })).status, 400, 'a malformed Crowd-Node-Id: 400');
+    t.equal((await follow(node.port, auth('has space'))).status, 400, 'a malformed Crowd-Node-Id: 400');
     mark = node.lines.length;
-    const own = await follow(node.port, { ...good, 'crowd-node-id': 'L' });
+    const own = await follow(node.port, auth('L'));
     t.equal(own.status, 409, "the leader's own node_id: 409");
     t.ok(await logLine(node, mark, (j) => j.event === 'peer_refused' && j.node_id === 'L'));
-    t.equal(await metric(node, 'crowd_peer_auth_failures_total'), before + 2, 'refusals after the secret are not auth failures');
+    t.equal(await metric(node, 'crowd_peer_auth_failures_total'), before + 4, 'refusals after the secret are not auth failures');
   });
 
   /** Connects as `id`, reads the hello. */
   const session = async (id: string) => {
-    const r = await follow(node.port, { ...good, 'crowd-node-id': id });
+    const r = await follow(node.port, auth(id));
     if (!r.conn) throw new Error(`refused: ${r.status} ${r.body}`);
     const h = await hello(r.conn);
     return { c: r.conn, h };

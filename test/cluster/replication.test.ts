@@ -257,6 +257,7 @@ t.test("a stopped follower costs the leader at most its window: the rest stays o
   const bytes = sent * body.length;
   t.ok(bytes > 30 * 1024 * 1024, `${(bytes / 1048576).toFixed(1)} MiB acknowledged while b is stopped`);
   const peer = (await status(a)).peers[0];
+  if (!(peer.in_flight_bytes > 0)) t.comment(`a's warnings: ${a.lines.filter((l) => /"level":"(warn|error)"|follower_/.test(l)).slice(-8).join('\n')}\nb's: ${b.lines.filter((l) => /"level":"(warn|error)"|replication_|peer_/.test(l)).slice(-8).join('\n')}`);
   t.ok(peer.in_flight_bytes > 0 && peer.in_flight_bytes <= 8 * 1024 * 1024, `a holds ${peer.in_flight_bytes} bytes for b: at most the 8 MiB window`);
   t.ok(peer.lag > 0, `b lags ${peer.lag} entries`);
   b.proc!.kill('SIGCONT');

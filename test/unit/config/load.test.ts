@@ -131,6 +131,7 @@ t.test('cluster: secret required with peers, min_insync resolved and bounded, pe
   t.equal(parseConfigText(base + 'peers = ["http://a:1", "http://b:1", "http://c:1", "http://d:1"]\n', 'c.toml').cluster.min_insync, 3, 'a majority of 5');
   t.equal(two.cluster.ack_timeout, 2000, 'ack_timeout default 2s');
   t.match(problems(base + 'peers = ["http://10.0.0.2:8080"]\nmin_insync = 3\n'), [/cluster\.min_insync: 3 is more than the 2 nodes this one knows/]);
+  t.match(problems(base + 'peers = ["http://10.0.0.2:8080"]\nack = "quorum"\nmin_insync = 1\n'), [/cluster\.min_insync: is 1 with ack = "quorum": the quorum would be this node alone/]);
   t.match(problems(base + 'peers = ["http://10.0.0.2:8080", "http://10.0.0.2:8080/"]\n'), [/cluster\.peers\[1\]: http:\/\/10\.0\.0\.2:8080 is listed twice/]);
   t.match(problems(base + 'peers = ["http://10.0.0.2:8080/x"]\n'), [/cluster\.peers\[0\]: must be a bare http\(s\):\/\/host:port/]);
   t.match(problems('[server]\nport = 8080\n' + base + 'peers = ["http://127.0.0.1:8080"]\n'), [/cluster\.peers\[0\]: .*this node's own server\.port: a node must not list itself/]);
