@@ -469,6 +469,32 @@ t.test('(b, c) hostile followers against a real leader', async (t) => {
     return { c, h, received };
   };
 
+  await t.test('a report counts only for offsets sent to that follower, not for everything below it', async (t) => {
+    // f1 is live and is sent R1, but never reports. f2 connects later and asks from past R1
+    // (a claim): it is sent R2 only, and reports R2. R1 must not get its 2xx from f2's report.
+    const f1 = await session('skip-1');
+    f1.c.ws.send(JSON.stringify({ t: 'want', incarnation: f1.h.incarnation, from: f1.h.durable + 1 }));
+    await new Promise((r) => setTimeout(r, 200));
+    const r1 = post(node, '{"n":"r1"}');
+    await until('f1 sent R1', () => f1.c.binaries.length > 0);
+    const x = parseRecordFrame(f1.c.binaries[0]!);
+    if (typeof x === 'string') throw new Error(x);
+    const f2 = await session('skip-2');
+    f2.c.ws.send(JSON.stringify({ t: 'want', incarnation: f2.h.incarnation, from: x.key + 1 }));
+    await new Promise((r) => setTimeout(r, 200));
+    const r2 = post(node, '{"n":"r2"}');
+    await until('f2 sent R2', () => f2.c.binaries.length > 0);
+    const y = parseRecordFrame(f2.c.binaries[0]!);
+    if (typeof y === 'string') throw new Error(y);
+    t.ok(y.key > x.key, `f2 was sent ${y.key} only, not R1 at ${x.key}`);
+    f2.c.ws.send(JSON.stringify({ t: 'flushed', incarnation: f2.h.incarnation, offset: y.key }));
+    const [a1, a2] = await Promise.all([r1, r2]);
+    t.equal(a1.status, 503, `R1: no 2xx from a report of f2, which was never sent it (${a1.status} ${a1.body})`);
+    t.equal(a2.status, 200, 'R2: 200, f2 was sent it and reported it');
+    f1.c.ws.terminate();
+    f2.c.ws.terminate();
+  });
+
   await t.test('positive control: an honest follower gives the quorum', async (t) => {
     const f = await honest('honest-1');
     const r = await post(node, '{"n":"honest"}');
