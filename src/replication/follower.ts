@@ -39,6 +39,8 @@ export interface FollowerDeps {
   readonly secret: string;
   readonly logger: Logger;
   readonly onGap: (origin: string, from: number, to: number) => void;
+  /** Claims `nodeId` for this link: null when it may follow that node, else the URL of the link that already does. */
+  readonly claim: (nodeId: string, link: PeerLink) => string | null;
 }
 
 export class PeerLink {
@@ -99,7 +101,11 @@ export class PeerLink {
       res.on('data', (c: Buffer) => (body += c.toString().slice(0, 200)));
       res.on('end', () => {
         if (status === 401) this.fail('unauthorized', `${this.url} refused this node's cluster.secret: ${body.trim()}`);
-        else this.fail('refused', `${this.url} refused replication (${status}): ${body.trim()}`);
+        else if (status === 409) {
+          // It is this node (listed by another address): a configuration error, not retried.
+          this.fail('refused', `${this.url} is this node itself (it refused our own node_id): remove it from cluster.peers`);
+          this.stopped = true;
+        } else this.fail('refused', `${this.url} refused replication (${status}): ${body.trim()}`);
       });
       ws.terminate();
     });
@@ -170,6 +176,13 @@ export class PeerLink {
       }
       if (this.incarnation !== null && this.nodeId === m.node_id && this.incarnation !== m.incarnation) {
         this.deps.logger.warn({ event: 'peer_new_incarnation', peer: this.url, node_id: m.node_id, was: this.incarnation, now: m.incarnation }, `${m.node_id} started a new log (incarnation ${m.incarnation}, was ${this.incarnation}); the old replica is kept`);
+      }
+      const other = this.deps.claim(m.node_id, this);
+      if (other !== null) {
+        this.fail('refused', `${this.url} is node ${m.node_id}, already replicated through ${other}: list each node once in cluster.peers`);
+        this.stopped = true; // configuration error: do not hammer it
+        ws.terminate();
+        return;
       }
       this.nodeId = m.node_id;
       this.incarnation = m.incarnation;

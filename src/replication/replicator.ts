@@ -80,7 +80,7 @@ export class Replicator implements QuorumGate {
       },
       onFlushed: () => this.settleSoon(),
     });
-    this.links = config.cluster.peers.map((url) => new PeerLink(url, { log, nodeId: config.node_id, secret, logger, onGap: (origin, from, to) => this.gap(origin, from, to) }));
+    this.links = config.cluster.peers.map((url) => new PeerLink(url, { log, nodeId: config.node_id, secret, logger, onGap: (origin, from, to) => this.gap(origin, from, to), claim: (id, link) => this.claim(id, link) }));
     const registers = [deps.registry];
     this.quorumWait = new Histogram({ name: 'crowd_quorum_wait_seconds', help: 'From the local flush to the quorum (cluster.ack = "quorum").', buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers });
     this.quorumTimeouts = new Counter({ name: 'crowd_quorum_timeouts_total', help: 'Requests answered 503 because the quorum was not reached within cluster.ack_timeout (stored here all the same).', registers });
@@ -134,6 +134,15 @@ export class Replicator implements QuorumGate {
       for (const l of this.links) l.check();
     }, TICK_MS);
     this.tickTimer.unref();
+  }
+
+  /** One link per peer node: two URLs of one node (or of a cloned VM) would write one replica twice. */
+  private readonly claims = new Map<string, PeerLink>();
+  private claim(nodeId: string, link: PeerLink): string | null {
+    const had = this.claims.get(nodeId);
+    if (had && had !== link) return had.url;
+    this.claims.set(nodeId, link);
+    return null;
   }
 
   private gap(origin: string, from: number, to: number): void {

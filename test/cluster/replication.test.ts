@@ -4,7 +4,9 @@
 // secret replicates nothing, and a wiped node's new incarnation never touches its old replica.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { lookup } from 'node:dns/promises';
+import { hostname } from 'node:os';
 import { LoadClient, type Ack } from '../helpers/load';
 import { request } from '../helpers/http';
 import { Upstream, waitFor } from '../helpers/upstream';
@@ -264,4 +266,30 @@ t.test("a stopped follower costs the leader at most its window: the rest stays o
   await waitFor(() => caughtUp(a), 20_000, 'b caught up after SIGCONT');
   const replica = await tailReplica(b, 'a', ['-n', '1']);
   t.equal(replica[0].offset, sent, 'b holds everything');
+});
+
+t.test('one node listed under two addresses: the second link is refused, one replica is written', async (t) => {
+  const name = hostname();
+  const resolved = await lookup(name, { family: 4 }).catch(() => null);
+  if (resolved?.address !== '127.0.0.1') {
+    t.plan(0, `skipped: the host name ${name} does not resolve to 127.0.0.1 here (${resolved?.address ?? 'no address'}), so a loopback node has no second address`);
+    return;
+  }
+  const c = await Cluster.create({ nodes: 2, ack: 'local' });
+  const bUrl = `http://127.0.0.1:${c.ports[1]}`;
+  const alias = `http://${name}:${c.ports[1]}`;
+  const a = c.nodes[0]!;
+  // a lists b twice: 127.0.0.1 and its host name.
+  const cfg = JSON.parse(readFileSync(a.configFile, 'utf8'));
+  cfg.cluster.peers = [bUrl, alias];
+  writeFileSync(a.configFile, JSON.stringify(cfg));
+  t.teardown(() => c.stop());
+  await c.start();
+  await waitFor(async () => (await status(a)).peers.some((p: any) => p.state === 'refused'), 10_000, 'the second link refused');
+  const peers = (await status(a)).peers;
+  t.equal(peers.filter((p: any) => p.state === 'connected').length, 1, 'one link replicates b');
+  t.match(peers.find((p: any) => p.state === 'refused').reason, /is node b, already replicated through http:\/\//);
+  for (let i = 0; i < 5; i++) t.equal((await request(c.nodes[1]!.url('/leads'), { body: `b-${i}` })).status, 200);
+  await waitFor(async () => (await tailReplica(a, 'b')).length === 5, 10_000, 'a holds b once');
+  t.equal((await status(a)).cluster.replicas.filter((r: any) => r.origin === 'b').length, 1, 'one replica of b');
 });
