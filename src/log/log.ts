@@ -148,6 +148,14 @@ export class Log {
   private filling: Batch[] = [];
   /** Set when a write waits for the commit in flight. */
   private writeDeferred = false;
+  /** An append turn is scheduled (setImmediate) and has not run yet. */
+  private turnScheduled = false;
+  /** Writes other than appends: running (their transaction not yet flushed), and waiting to start. */
+  private opsInFlight = 0;
+  private opsSince = 0;
+  private opsWaiting: (() => void)[] = [];
+  /** Set for the event turn in which waiting writes were let go: writes asked for in it join them. */
+  private opsOpenTurn = false;
   /** Batches in append order whose waiters have not been answered yet. */
   private readonly unsettled: Batch[] = [];
   private failure: CrowdError | null = null;
@@ -271,15 +279,24 @@ export class Log {
    * and wake-ups under load, no added wait when idle.
    */
   private scheduleWrite(): void {
-    if (this.unsettled.length < COMMITS_IN_FLIGHT_MAX) setImmediate(this.writeTurn);
-    else this.writeDeferred = true;
+    if (this.turnScheduled) return;
+    if (this.unsettled.length < COMMITS_IN_FLIGHT_MAX && this.opsInFlight === 0) {
+      this.turnScheduled = true;
+      setImmediate(this.writeTurn);
+    } else this.writeDeferred = true;
   }
 
   /** Writes the gathered records; lmdb-js commits all puts of one turn in one transaction. */
   private readonly writeTurn = (): void => {
+    this.turnScheduled = false;
+    if (this.opsInFlight > 0) {
+      // Another write's transaction went first: these wait for it (one transaction at a time).
+      this.writeDeferred = true;
+      return;
+    }
     const records = this.filling;
     this.filling = [];
-    if (records.length === 0) return;
+    if (records.length === 0) return this.openOps();
     const txn: Txn = { started: records[0]!.started, count: 0, left: records.length };
     for (const b of records) {
       b.txn = txn;
@@ -372,10 +389,26 @@ export class Log {
       moved = true;
     }
     if (moved) for (const l of this.durableListeners) l();
-    if (this.writeDeferred && this.unsettled.length < COMMITS_IN_FLIGHT_MAX) {
+    if (this.unsettled.length > 0) return;
+    // Appends and other writes take turns: waiting writes first, then the appends gathered meanwhile.
+    if (this.opsWaiting.length > 0 || this.failure) this.openOps();
+    else if (this.writeDeferred && this.opsInFlight === 0) {
       this.writeDeferred = false;
-      if (this.filling.length > 0) setImmediate(this.writeTurn);
+      if (this.filling.length > 0 && !this.turnScheduled) {
+        this.turnScheduled = true;
+        setImmediate(this.writeTurn);
+      }
     }
+  }
+
+  /** Lets every waiting write start now, in this event turn (lmdb-js commits them in one transaction). */
+  private openOps(): void {
+    const waiting = this.opsWaiting;
+    if (waiting.length === 0) return;
+    this.opsWaiting = [];
+    this.opsOpenTurn = true;
+    setImmediate(() => (this.opsOpenTurn = false));
+    for (const go of waiting) go();
   }
 
   /** Called once when a commit fails; the owner must answer 503 and exit non-zero. */
@@ -536,6 +569,19 @@ export class Log {
   private async write<T>(op: () => Promise<T>): Promise<T> {
     if (this.failure) throw this.failure;
     if (this.closed) throw this.closedError();
+    // One write transaction in flight at a time, appends included: with lmdb-js's overlapping
+    // sync a second transaction would write the file while the first one's fdatasync runs, and
+    // go on writing after that fdatasync failed. Writes asked for in one turn go together.
+    if (!this.opsOpenTurn && (this.unsettled.length > 0 || this.turnScheduled || this.opsInFlight > 0 || this.opsWaiting.length > 0)) {
+      await new Promise<void>((go) => this.opsWaiting.push(go));
+      if (this.failure) throw this.failure;
+      if (this.closed) throw this.closedError();
+    }
+    if (!this.opsOpenTurn) {
+      this.opsOpenTurn = true;
+      setImmediate(() => (this.opsOpenTurn = false));
+    }
+    if (this.opsInFlight++ === 0) this.opsSince = performance.now();
     try {
       return await op();
     } catch (err) {
@@ -544,7 +590,25 @@ export class Log {
         void this.notifyFatal(this.failure, err);
       }
       throw this.failure;
+    } finally {
+      if (--this.opsInFlight === 0) this.opsDone();
     }
+  }
+
+  /** The last write finished: the appends gathered meanwhile go next, else writes that waited. */
+  private opsDone(): void {
+    if (this.failure) return this.openOps();
+    if (this.unsettled.length > 0) return; // release() opens what waits
+    if (this.writeDeferred && this.filling.length > 0) {
+      this.writeDeferred = false;
+      if (!this.turnScheduled) {
+        this.turnScheduled = true;
+        setImmediate(this.writeTurn);
+      }
+      return;
+    }
+    this.writeDeferred = false;
+    this.openOps();
   }
 
   /**
@@ -553,12 +617,13 @@ export class Log {
    */
   checkStall(now: number = performance.now()): void {
     const oldest = this.unsettled[0];
-    const since = oldest?.started ?? this.closeStarted;
+    const since = oldest?.started ?? (this.opsInFlight > 0 ? this.opsSince : this.closeStarted);
     if (this.failure || since === null || this.firstAtClose !== null || now - since < COMMIT_STALL_MS) return;
-    const what = oldest ? `commit to ${this.dir}` : `closing ${this.dir} (its last flush)`;
+    const what = oldest ? `commit to ${this.dir}` : this.opsInFlight > 0 ? `a write to ${this.dir}` : `closing ${this.dir} (its last flush)`;
     this.failure = new CrowdError('CROWD_ERR_LOG_STALLED', `${what} has not completed in ${Math.round((now - since) / 1000)} s${oldest ? ` (offsets ${oldest.firstOffset}-${oldest.lastOffset})` : ''}`);
     for (const b of this.unsettled) b.settled = true;
     this.release();
+    this.openOps();
     void this.notifyFatal(this.failure, null);
   }
 
