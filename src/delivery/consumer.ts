@@ -25,7 +25,8 @@
 import type { TargetConfig } from '../config/schema';
 import { decodeEnvelope, reencodeEnvelope, type Envelope } from '../log/codec';
 import type { ConsumerCommit, Held, HeldEntry } from '../log/delivery-store';
-import type { LagMeter, Log } from '../log/log';
+import type { LagMeter } from '../log/log';
+import type { DeliverySource } from './source';
 import { formatBytes } from '../config/units';
 import type { Logger } from '../observability/logger';
 import { newItem, envelopeBytes, type Item } from './item';
@@ -67,7 +68,8 @@ export interface ConsumerDeps {
   readonly target: TargetConfig;
   /** Names of the routes whose requests this target receives. */
   readonly routes: ReadonlySet<string>;
-  readonly log: Log;
+  /** The log this target is delivered from (the local log, or a peer's replica). */
+  readonly log: DeliverySource;
   readonly sink: Sink;
   readonly logger: Logger;
   readonly events: ConsumerEvents;

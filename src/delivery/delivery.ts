@@ -9,13 +9,13 @@
  */
 import type { Config, TargetConfig } from '../config/schema';
 import { envelopeToJson, decodeEnvelope } from '../log/codec';
-import type { Log } from '../log/log';
 import type { Logger } from '../observability/logger';
 import type { Metrics } from '../observability/metrics';
 import { CrowdError } from '../errors';
 import { Consumer, ReadAheadBudget, type ConsumerStatus, type PendingCommit } from './consumer';
 import { HttpSink } from './sinks/http';
 import type { Sink } from './sinks/sink';
+import type { DeliverySource } from './source';
 
 export const COMMIT_INTERVAL_MS = 100;
 /** Dead letters listed, replayed or purged per call. */
@@ -23,7 +23,8 @@ export const DLQ_BATCH_MAX = 10_000;
 
 export interface DeliveryDeps {
   readonly config: Config;
-  readonly log: Log;
+  /** The log the targets are delivered from (the local log, or a peer's replica). */
+  readonly log: DeliverySource;
   readonly logger: Logger;
   readonly metrics: Metrics;
   /** Called once when delivery cannot go on (a failed commit, a bug): the node crash-stops. */

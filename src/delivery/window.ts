@@ -9,7 +9,7 @@
  * and is read again when it is sent. Reads are sized by the largest envelope seen lately.
  */
 import type { Envelope } from '../log/codec';
-import type { Log } from '../log/log';
+import type { DeliverySource } from './source';
 import type { Logger } from '../observability/logger';
 import { envelopeBytes, newItem, type Item } from './item';
 import type { Ledger } from './ledger';
@@ -29,7 +29,7 @@ export class ReadAheadBudget {
 
 export interface MainLineDeps {
   readonly name: string;
-  readonly log: Log;
+  readonly log: DeliverySource;
   readonly routes: ReadonlySet<string>;
   readonly ledger: Ledger;
   readonly logger: Logger;

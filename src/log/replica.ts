@@ -11,9 +11,10 @@
  */
 import type { Database } from 'lmdb';
 import { CrowdError } from '../errors';
-import { decodeCheckedEnvelope, decodeEnvelope, type Envelope } from './codec';
+import { decodeCheckedEnvelope, decodeEnvelope, routeOf, type Envelope } from './codec';
 import { durable, putNew } from './lmdb';
-import { forEachInRecord, recordCount } from './record';
+import type { LagMeter } from './log';
+import { envelopeAt, forEachInRecord, recordCount } from './record';
 
 export type ReplicaKey = [string, string, number];
 
@@ -86,6 +87,13 @@ export class Replica {
   private counting = false;
   private chain: Promise<void> = Promise.resolve();
   private trimming: Promise<number> | null = null;
+  /** The last offset a trim removed (its write ran; maybe not yet committed). */
+  private removedThrough = 0;
+  /** Offsets a trim must keep (with everything after them), e.g. during a rewind. */
+  private readonly pins = new Map<number, number>();
+  /** Deliveries of this replica here: each says the lowest offset it still needs. */
+  private readonly holders = new Set<() => number>();
+  private readonly flushListeners = new Set<() => void>();
 
   constructor(
     readonly origin: string,
@@ -150,9 +158,18 @@ export class Replica {
     return 0;
   }
 
+  /** The first offset held (0 when the replica is empty). */
   firstOffset(): number {
-    for (const key of this.db.getKeys({ start: [this.origin, this.incarnation, 0], end: [this.origin, this.incarnation, Number.MAX_SAFE_INTEGER], limit: 1 })) return key[2];
+    for (const key of this.db.getKeys({ start: [this.origin, this.incarnation, 0], end: [this.origin, this.incarnation, Number.MAX_SAFE_INTEGER], limit: 1 })) {
+      // A trim whose write ran has removed these, committed or not.
+      return Math.max(key[2], this.removedThrough + 1);
+    }
     return 0;
+  }
+
+  /** Per target: the offset below which the origin had everything delivered or dead-lettered (as last reported). */
+  finished(): Readonly<Record<string, number>> {
+    return this.meta.finished;
   }
 
   createdAt(): number {
@@ -207,7 +224,9 @@ export class Replica {
     put.catch(() => {}); // observed through the chain; after an earlier failure, nobody else waits for it
     // Flushes settle in commit order; the chain keeps flushed() monotonic whatever order the promises run in.
     this.chain = this.chain.then(() => put).then(() => {
-      if (last > this.flushedOffset) this.flushedOffset = last;
+      if (last <= this.flushedOffset) return;
+      this.flushedOffset = last;
+      for (const l of this.flushListeners) l();
     });
     return this.chain;
   }
@@ -222,39 +241,91 @@ export class Replica {
 
   /**
    * Follows the leader's retention: removes whole records that end below `first` (and below
-   * every finished offset), in chunks, one pass at a time.
+   * every finished offset, every pin, and what every delivery of this replica here still
+   * needs), in chunks, one pass at a time.
    */
   trimBelow(first: number): Promise<number> {
     if (this.trimming) return this.trimming;
     const run = async (): Promise<number> => {
       let removed = 0;
       for (;;) {
-        const floor = Math.min(first, Math.min(...Object.values(this.meta.finished), Infinity) + 1);
-        const keys: { key: ReplicaKey; bytes: number }[] = [];
+        const floor = Math.min(first, Math.min(...Object.values(this.meta.finished), Infinity) + 1, this.keptFrom());
+        const keys: { key: ReplicaKey; last: number; bytes: number }[] = [];
         for (const { key, value } of this.db.getRange({ start: [this.origin, this.incarnation, 0], end: [this.origin, this.incarnation, floor], limit: TRIM_CHUNK })) {
           // Never what a target has not finished (the leader's retention guarantees it; checked here too).
-          if (key[2] + recordCount(value) - 1 >= floor) break;
-          keys.push({ key, bytes: value.length });
+          const last = key[2] + recordCount(value) - 1;
+          if (last >= floor) break;
+          keys.push({ key, last, bytes: value.length });
         }
         if (keys.length === 0) return removed;
-        await this.write(() => Promise.all(keys.map((k) => durable(this.db.remove(k.key)))));
-        for (const k of keys) {
+        let gone = 0;
+        await this.write(() => {
+          // Runs later than the call: what was pinned (or started being delivered) meanwhile stays.
+          const keep = this.keptFrom();
+          const ops: Promise<unknown>[] = [];
+          for (const k of keys) {
+            if (k.last >= keep) break;
+            ops.push(durable(this.db.remove(k.key)));
+            this.removedThrough = Math.max(this.removedThrough, k.last);
+            gone++;
+          }
+          return Promise.all(ops);
+        });
+        for (const k of keys.slice(0, gone)) {
           if (this.bytes !== null) this.bytes -= k.bytes;
           else if (this.counting && k.key[2] <= this.countedBelow) this.bytesTrimmedCounted += k.bytes;
         }
-        removed += keys.length;
-        if (keys.length < TRIM_CHUNK) return removed;
+        removed += gone;
+        if (gone < TRIM_CHUNK) return removed;
       }
     };
     this.trimming = run().finally(() => (this.trimming = null));
     return this.trimming;
   }
 
-  /** Up to `limit` envelopes from `from` through the flushed offset. */
-  read(from: number, limit: number): Envelope[] {
+  /** The lowest offset that pins and deliveries here keep (Infinity: none). */
+  private keptFrom(): number {
+    let keep = Infinity;
+    for (const pinned of this.pins.keys()) keep = Math.min(keep, pinned);
+    for (const h of this.holders) keep = Math.min(keep, h());
+    return keep;
+  }
+
+  /** Keeps trims from removing `offset` and what follows until the returned function runs. */
+  pin(offset: number): () => void {
+    this.pins.set(offset, (this.pins.get(offset) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = this.pins.get(offset)! - 1;
+      if (n === 0) this.pins.delete(offset);
+      else this.pins.set(offset, n);
+    };
+  }
+
+  /**
+   * Keeps trims from removing `neededFrom()` and what follows (asked at each trim) until the
+   * returned function runs: a delivery of this replica here names the lowest offset it needs.
+   */
+  hold(neededFrom: () => number): () => void {
+    const h = (): number => neededFrom();
+    this.holders.add(h);
+    return () => void this.holders.delete(h);
+  }
+
+  /** Called whenever the flushed offset moved; the returned function removes the listener. */
+  onFlushed(listener: () => void): () => void {
+    const l = (): void => listener();
+    this.flushListeners.add(l);
+    return () => void this.flushListeners.delete(l);
+  }
+
+  /** Up to `limit` envelopes from `from` through the flushed offset (or `through`, when lower). Each is a copy. */
+  read(from: number, limit: number, through: number = this.flushedOffset): Envelope[] {
     const out: Envelope[] = [];
-    const end = this.flushedOffset;
-    if (from > end) return out;
+    const end = Math.min(through, this.flushedOffset);
+    if (from > end || limit <= 0) return out;
     let start = from;
     for (const key of this.db.getKeys({ start: [this.origin, this.incarnation, from], end: [this.origin, this.incarnation, 0], reverse: true, limit: 1 })) start = key[2];
     for (const { key, value } of this.db.getRange({ start: [this.origin, this.incarnation, start], end: [this.origin, this.incarnation, end + 1] })) {
@@ -271,5 +342,111 @@ export class Replica {
       if (!more) break;
     }
     return out;
+  }
+
+  /**
+   * Counts the entries with offset in [from, through] whose route is in `routes`, about
+   * `chunk` entries between yields to the event loop (as `Log.countRoutes`).
+   */
+  async countRoutes(from: number, through: number, routes: ReadonlySet<string>, chunk = 20_000): Promise<number> {
+    let count = 0;
+    let start = from;
+    for (const key of this.db.getKeys({ start: [this.origin, this.incarnation, from], end: [this.origin, this.incarnation, 0], reverse: true, limit: 1 })) start = key[2];
+    while (start <= through) {
+      await new Promise((r) => setImmediate(r));
+      let next = -1;
+      let seen = 0;
+      let more = false;
+      for (const { key, value } of this.db.getRange({ start: [this.origin, this.incarnation, start], end: [this.origin, this.incarnation, through + 1], snapshot: false })) {
+        forEachInRecord(value, (i, bytes) => {
+          const offset = key[2] + i;
+          if (offset > through) return false;
+          if (offset >= from && routes.has(routeOf(bytes))) count++;
+          return true;
+        });
+        next = key[2] + recordCount(value);
+        seen += recordCount(value);
+        if (seen >= chunk) {
+          more = true;
+          break;
+        }
+      }
+      if (!more || next < 0) break;
+      start = next;
+    }
+    return count;
+  }
+
+  /**
+   * The first offset received at or after `ms` (binary search over offsets; receive times
+   * follow offsets), or the next offset when every entry is older.
+   */
+  offsetAtTime(ms: number): number {
+    let lo = this.firstOffset() || this.flushedOffset + 1;
+    let hi = this.flushedOffset + 1; // answer in [lo, hi]
+    while (lo < hi) {
+      const mid = Math.floor((lo + hi) / 2);
+      const at = this.receivedAt(mid);
+      if (at === null || at >= ms) hi = mid;
+      else lo = mid + 1;
+    }
+    return lo;
+  }
+
+  /** When the entry at `offset` was received; in a gap, the next entry's; null past the end. */
+  private receivedAt(offset: number): number | null {
+    for (const { key, value } of this.db.getRange({ start: [this.origin, this.incarnation, offset], end: [this.origin, this.incarnation, 0], reverse: true, limit: 1 })) {
+      if (offset - key[2] < recordCount(value)) return decodeEnvelope(envelopeAt(value, offset - key[2])).received_at;
+    }
+    for (const { value } of this.db.getRange({ start: [this.origin, this.incarnation, offset], end: [this.origin, this.incarnation, this.flushedOffset + 1], limit: 1 })) {
+      return decodeEnvelope(envelopeAt(value, 0)).received_at;
+    }
+    return null;
+  }
+
+  /** Starts measuring the bytes of the records after `offset` (the record holding offset + 1 counts whole). */
+  lagMeter(offset: number): LagMeter {
+    let start = offset + 1;
+    for (const key of this.db.getKeys({ start: [this.origin, this.incarnation, offset + 1], end: [this.origin, this.incarnation, 0], reverse: true, limit: 1 })) start = key[2];
+    return { cut: start - 1, bytes: 0, through: start - 1, records: [], head: 0 };
+  }
+
+  /**
+   * As `Log.measureLag`: counts the records flushed since the last call (at most `scan` per
+   * call, read from the file: a replica's records are not seen in memory on their way in),
+   * drops those trimmed meanwhile, and moves the cut forward until at most `max` bytes of
+   * records follow it. Returns the cut.
+   */
+  measureLag(m: LagMeter, max: number, scan = 10_000): number {
+    if (m.through < this.flushedOffset) {
+      let n = 0;
+      for (const { key, value } of this.db.getRange({ start: [this.origin, this.incarnation, m.through + 1], end: [this.origin, this.incarnation, this.flushedOffset + 1], snapshot: false })) {
+        const count = recordCount(value);
+        const last = key[2] + count - 1;
+        if (last > this.flushedOffset) break;
+        const bytes = value.length - 4 - 4 * count;
+        m.records.push({ last, bytes });
+        m.bytes += bytes;
+        m.through = last;
+        if (++n >= scan) break;
+      }
+    }
+    // Records trimmed meanwhile no longer count (the cut moves over them).
+    const first = this.firstOffset();
+    while (m.head < m.records.length && m.records[m.head]!.last < first) {
+      const r = m.records[m.head++]!;
+      m.bytes -= r.bytes;
+      m.cut = r.last;
+    }
+    while (m.bytes > max && m.head < m.records.length) {
+      const r = m.records[m.head++]!;
+      m.bytes -= r.bytes;
+      m.cut = r.last;
+    }
+    if (m.head > 1024 && m.head * 2 > m.records.length) {
+      m.records = m.records.slice(m.head);
+      m.head = 0;
+    }
+    return m.cut;
   }
 }
