@@ -4,9 +4,8 @@
  * Reports req/s, p50/p99, the ratio quorum/local and, under local acks, how far the peers
  * lag behind the leader (sampled from its /status during the run).
  */
-import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { progress } from '../lib/proc';
+import { freePort, progress } from '../lib/proc';
 import { adminJson, BODY, CONTENT_TYPE, PATH, startCrowd } from '../lib/servers';
 import type { Scenario, ScenarioResult } from '../lib/types';
 import { okRate, requireWrk, runWrk, writeWrkScript, type WrkResult } from '../lib/wrk';
@@ -14,17 +13,6 @@ import { okRate, requireWrk, runWrk, writeWrkScript, type WrkResult } from '../l
 const CONNECTIONS = [16, 256] as const;
 const GOAL_RATIO = 0.5;
 const SECRET = 'bench-cluster-secret-0123456789';
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-  });
-}
 
 interface PeerJson {
   url: string;

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { LoadedConfig } from '../config/load';
 import { CrowdError } from '../errors';
-import { envelopeToJson } from '../log/codec';
+import { envelopeToJson, type Envelope } from '../log/codec';
 import { Log } from '../log/log';
 
 /** Entries read per batch; bounds memory whatever the size of the log. */
@@ -31,15 +31,7 @@ export async function tailCommand({ config }: LoadedConfig, o: { from?: number; 
   process.stdout.on('error', () => (stopped = true)); // e.g. `crowd tail | head`
   for (;;) {
     log.refreshVisible();
-    while (left > 0 && !stopped) {
-      const batch = log.read(next, Math.min(TAIL_BATCH, left));
-      if (batch.length === 0) break;
-      let out = '';
-      for (const e of batch) out += JSON.stringify(envelopeToJson(e)) + '\n';
-      if (!process.stdout.write(out)) await new Promise((r) => process.stdout.once('drain', r));
-      next = batch[batch.length - 1]!.offset + 1;
-      left -= batch.length;
-    }
+    ({ next, left } = await printEntries((from, limit) => log.read(from, limit), next, left, () => stopped));
     if (!o.follow || left <= 0 || stopped) break;
     await new Promise((r) => setTimeout(r, FOLLOW_POLL_MS));
   }
@@ -56,10 +48,14 @@ async function tailReplica(log: Log, origin: string, o: { from?: number; n?: num
   const replica = o.incarnation !== undefined ? held.find((r) => r.incarnation === o.incarnation) : held[held.length - 1];
   if (!replica) throw new CrowdError('CROWD_ERR_REPLICA', `no replica of "${origin}" incarnation ${o.incarnation} is held (incarnations: ${held.map((r) => r.incarnation).join(', ')})`);
   const last = replica.flushed();
-  let next = o.from ?? (o.n !== undefined ? Math.max(replica.firstOffset(), last - o.n + 1) : replica.firstOffset());
-  let left = o.n ?? Infinity;
-  while (left > 0) {
-    const batch = replica.read(next, Math.min(TAIL_BATCH, left));
+  const next = o.from ?? (o.n !== undefined ? Math.max(replica.firstOffset(), last - o.n + 1) : replica.firstOffset());
+  await printEntries((from, limit) => replica.read(from, limit), next, o.n ?? Infinity, () => false);
+}
+
+/** Prints entries from `next` as JSON lines, a batch at a time, until `left` are printed, none remain or `stopped()`. */
+async function printEntries(read: (from: number, limit: number) => Envelope[], next: number, left: number, stopped: () => boolean): Promise<{ next: number; left: number }> {
+  while (left > 0 && !stopped()) {
+    const batch = read(next, Math.min(TAIL_BATCH, left));
     if (batch.length === 0) break;
     let out = '';
     for (const e of batch) out += JSON.stringify(envelopeToJson(e)) + '\n';
@@ -67,4 +63,5 @@ async function tailReplica(log: Log, origin: string, o: { from?: number; n?: num
     next = batch[batch.length - 1]!.offset + 1;
     left -= batch.length;
   }
+  return { next, left };
 }

@@ -24,12 +24,13 @@ import type { Database, RootDatabase } from 'lmdb';
 import { randomBytes } from 'node:crypto';
 import { CrowdError } from '../errors';
 import { Replica, type ReplicaKey, type ReplicaMeta } from './replica';
-import { decodeEnvelope, encodeEnvelope, routeOf, type Envelope, type EnvelopeInput } from './codec';
+import { decodeEnvelope, encodeEnvelope, type Envelope, type EnvelopeInput } from './codec';
 import { DeliveryStore } from './delivery-store';
+import { advanceCut, countRoutesIn, meterRecord, offsetAtTimeIn, readRun, type LagMeter, type RecordRun } from './range';
 import { makeLogDir } from './dir';
 import { durable, openEnvironment, putNew } from './lmdb';
 import { lockLogDir } from './lock';
-import { RECORD_BYTES_MAX, envelopeAt, forEachInRecord, frameRecord, recordCount } from './record';
+import { RECORD_BYTES_MAX, envelopeAt, frameRecord, recordCount } from './record';
 
 export interface LogOptions {
   readonly dir: string;
@@ -59,17 +60,7 @@ export type Refusal = 'pending_writes' | 'max_bytes' | 'failed' | 'closed';
  * Measures the bytes of the log's records after a cut (`measureLag`): the cut moves forward
  * until at most a given number of bytes follow it. Record granularity.
  */
-export interface LagMeter {
-  /** The last offset of the record before the measured ones. */
-  cut: number;
-  /** Bytes of the records in (cut, through]. */
-  bytes: number;
-  /** The last offset of the last record counted. */
-  through: number;
-  /** The records counted after the cut, oldest first from `head` (the cut moves over them). */
-  records: { last: number; bytes: number }[];
-  head: number;
-}
+export type { LagMeter } from './range';
 
 export interface LogStats {
   readonly first_offset: number;
@@ -133,6 +124,14 @@ export class Log {
   readonly delivery: DeliveryStore;
   private readonly meta: Database<unknown, string>;
   private readonly replicaDb: Database<Buffer, ReplicaKey>;
+  /** The entries as a run of records (range.ts). */
+  private readonly run: RecordRun = {
+    keyAtOrBefore: (offset) => {
+      for (const key of this.entries.getKeys({ start: offset, reverse: true, limit: 1 })) return key;
+      return null;
+    },
+    records: (start, end, stream) => this.entries.getRange({ start, end, ...(stream ? { snapshot: false } : {}) }),
+  };
   private readonly replicaMap = new Map<string, Replica>();
   /** This log's random id, minted when it was created: (node_id, incarnation) names it on peers. */
   incarnation = '';
@@ -379,7 +378,7 @@ export class Log {
       this.durable = b.lastOffset;
       this.bytesDurable += b.bytes;
       // Meters that have counted everything before this record count it without reading it.
-      for (const m of this.meters) if (m.through === b.firstOffset - 1) this.meterRecord(m, b.lastOffset, b.bytes);
+      for (const m of this.meters) if (m.through === b.firstOffset - 1) meterRecord(m, b.lastOffset, b.bytes);
       const txn = b.txn;
       if (txn && --txn.left === 0) {
         const seconds = (performance.now() - txn.started) / 1000;
@@ -450,29 +449,12 @@ export class Log {
    */
   read(from: number, limit: number, through: number = this.durable, copy = false): Envelope[] {
     if (this.closed) throw this.closedError();
-    const end = Math.min(through, this.durable);
-    const out: Envelope[] = [];
-    if (from > end || limit <= 0) return out;
-    // The record holding `from` starts at the greatest key <= from.
-    let start = from;
-    for (const key of this.entries.getKeys({ start: from, reverse: true, limit: 1 })) start = key;
-    for (const { key, value } of this.entries.getRange({ start, end: end + 1 })) {
-      let more = true;
-      forEachInRecord(value, (i, bytes) => {
-        const offset = key + i;
-        if (offset > end) return (more = false);
-        if (offset >= from) {
-          // Envelopes held across awaits (delivery) must not share lmdb-js's read buffers.
-          const e = decodeEnvelope(bytes, copy);
-          assert(e.offset === offset, `record ${key} holds offset ${e.offset} at position ${i}`);
-          out.push(e);
-          if (out.length >= limit) return (more = false);
-        }
-        return true;
-      });
-      if (!more) break;
-    }
-    return out;
+    return readRun(this.run, from, limit, Math.min(through, this.durable), (bytes, offset, i) => {
+      // Envelopes held across awaits (delivery) must not share lmdb-js's read buffers.
+      const e = decodeEnvelope(bytes, copy);
+      assert(e.offset === offset, `record ${offset - i} holds offset ${e.offset} at position ${i}`);
+      return e;
+    });
   }
 
   /**
@@ -510,32 +492,7 @@ export class Log {
    * the first yield comes before any reading, so a caller's start-up is not held up).
    */
   async countRoutes(from: number, through: number, routes: ReadonlySet<string>, chunk = 20_000): Promise<number> {
-    let count = 0;
-    let start = from;
-    for (const key of this.entries.getKeys({ start: from, reverse: true, limit: 1 })) start = key;
-    while (start <= through && !this.closed) {
-      await new Promise((r) => setImmediate(r));
-      let next = -1;
-      let seen = 0;
-      let more = false;
-      for (const { key, value } of this.entries.getRange({ start, end: through + 1, snapshot: false })) {
-        forEachInRecord(value, (i, bytes) => {
-          const offset = key + i;
-          if (offset > through) return false;
-          if (offset >= from && routes.has(routeOf(bytes))) count++;
-          return true;
-        });
-        next = key + recordCount(value);
-        seen += recordCount(value);
-        if (seen >= chunk) {
-          more = true;
-          break;
-        }
-      }
-      if (!more || next < 0) break;
-      start = next;
-    }
-    return count;
+    return countRoutesIn(this.run, from, through, routes, chunk, () => this.closed);
   }
 
   /**
@@ -543,15 +500,7 @@ export class Log {
    * follow offsets), or the next offset when every entry is older.
    */
   offsetAtTime(ms: number): number {
-    let lo = this.firstOffset();
-    let hi = this.durable + 1; // answer in [lo, hi]
-    while (lo < hi) {
-      const mid = Math.floor((lo + hi) / 2);
-      const at = this.receivedAt(mid);
-      if (at === null || at >= ms) hi = mid;
-      else lo = mid + 1;
-    }
-    return lo;
+    return offsetAtTimeIn(this.firstOffset(), this.durable + 1, ms, (o) => this.receivedAt(o));
   }
 
   private receivedAt(offset: number): number | null {
@@ -711,26 +660,11 @@ export class Log {
       let n = 0;
       for (const { key, value } of this.entries.getRange({ start: m.through + 1, end: this.durable + 1, snapshot: false })) {
         const count = recordCount(value);
-        this.meterRecord(m, key + count - 1, value.length - 4 - 4 * count);
+        meterRecord(m, key + count - 1, value.length - 4 - 4 * count);
         if (++n >= scan) break;
       }
     }
-    while (m.bytes > max && m.head < m.records.length) {
-      const r = m.records[m.head++]!;
-      m.bytes -= r.bytes;
-      m.cut = r.last;
-    }
-    if (m.head > 1024 && m.head * 2 > m.records.length) {
-      m.records = m.records.slice(m.head);
-      m.head = 0;
-    }
-    return m.cut;
-  }
-
-  private meterRecord(m: LagMeter, last: number, bytes: number): void {
-    m.records.push({ last, bytes });
-    m.bytes += bytes;
-    m.through = last;
+    return advanceCut(m, max);
   }
 
   /** The highest offset retention may remove given the pins (a pin keeps its offset and what follows). */

@@ -11,10 +11,10 @@
  */
 import type { Database } from 'lmdb';
 import { CrowdError } from '../errors';
-import { decodeCheckedEnvelope, decodeEnvelope, routeOf, type Envelope } from './codec';
+import { decodeCheckedEnvelope, decodeEnvelope, type Envelope } from './codec';
 import { durable, putNew } from './lmdb';
-import type { LagMeter } from './log';
-import { envelopeAt, forEachInRecord, recordCount } from './record';
+import { advanceCut, countRoutesIn, meterRecord, offsetAtTimeIn, readRun, type LagMeter, type RecordRun } from './range';
+import { envelopeAt, recordCount } from './record';
 
 export type ReplicaKey = [string, string, number];
 
@@ -87,6 +87,15 @@ export class Replica {
   private counting = false;
   private chain: Promise<void> = Promise.resolve();
   private trimming: Promise<number> | null = null;
+  /** This replica's records as a run (range.ts): keys [origin, incarnation, offset]. */
+  private readonly run: RecordRun = {
+    keyAtOrBefore: (offset) => {
+      for (const key of this.db.getKeys({ start: [this.origin, this.incarnation, offset], end: [this.origin, this.incarnation, 0], reverse: true, limit: 1 })) return key[2];
+      return null;
+    },
+    records: (start, end, stream) =>
+      this.db.getRange({ start: [this.origin, this.incarnation, start], end: [this.origin, this.incarnation, end], ...(stream ? { snapshot: false } : {}) }).map(({ key, value }) => ({ key: key[2], value })),
+  };
   /** The last offset a trim removed (its write ran; maybe not yet committed). */
   private removedThrough = 0;
   /** Offsets a trim must keep (with everything after them), e.g. during a rewind. */
@@ -323,25 +332,7 @@ export class Replica {
 
   /** Up to `limit` envelopes from `from` through the flushed offset (or `through`, when lower). Each is a copy. */
   read(from: number, limit: number, through: number = this.flushedOffset): Envelope[] {
-    const out: Envelope[] = [];
-    const end = Math.min(through, this.flushedOffset);
-    if (from > end || limit <= 0) return out;
-    let start = from;
-    for (const key of this.db.getKeys({ start: [this.origin, this.incarnation, from], end: [this.origin, this.incarnation, 0], reverse: true, limit: 1 })) start = key[2];
-    for (const { key, value } of this.db.getRange({ start: [this.origin, this.incarnation, start], end: [this.origin, this.incarnation, end + 1] })) {
-      let more = true;
-      forEachInRecord(value, (i, bytes) => {
-        const offset = key[2] + i;
-        if (offset > end) return (more = false);
-        if (offset >= from) {
-          out.push(decodeEnvelope(bytes, true));
-          if (out.length >= limit) return (more = false);
-        }
-        return true;
-      });
-      if (!more) break;
-    }
-    return out;
+    return readRun(this.run, from, limit, Math.min(through, this.flushedOffset), (bytes) => decodeEnvelope(bytes, true));
   }
 
   /**
@@ -349,32 +340,7 @@ export class Replica {
    * `chunk` entries between yields to the event loop (as `Log.countRoutes`).
    */
   async countRoutes(from: number, through: number, routes: ReadonlySet<string>, chunk = 20_000): Promise<number> {
-    let count = 0;
-    let start = from;
-    for (const key of this.db.getKeys({ start: [this.origin, this.incarnation, from], end: [this.origin, this.incarnation, 0], reverse: true, limit: 1 })) start = key[2];
-    while (start <= through) {
-      await new Promise((r) => setImmediate(r));
-      let next = -1;
-      let seen = 0;
-      let more = false;
-      for (const { key, value } of this.db.getRange({ start: [this.origin, this.incarnation, start], end: [this.origin, this.incarnation, through + 1], snapshot: false })) {
-        forEachInRecord(value, (i, bytes) => {
-          const offset = key[2] + i;
-          if (offset > through) return false;
-          if (offset >= from && routes.has(routeOf(bytes))) count++;
-          return true;
-        });
-        next = key[2] + recordCount(value);
-        seen += recordCount(value);
-        if (seen >= chunk) {
-          more = true;
-          break;
-        }
-      }
-      if (!more || next < 0) break;
-      start = next;
-    }
-    return count;
+    return countRoutesIn(this.run, from, through, routes, chunk);
   }
 
   /**
@@ -382,15 +348,7 @@ export class Replica {
    * follow offsets), or the next offset when every entry is older.
    */
   offsetAtTime(ms: number): number {
-    let lo = this.firstOffset() || this.flushedOffset + 1;
-    let hi = this.flushedOffset + 1; // answer in [lo, hi]
-    while (lo < hi) {
-      const mid = Math.floor((lo + hi) / 2);
-      const at = this.receivedAt(mid);
-      if (at === null || at >= ms) hi = mid;
-      else lo = mid + 1;
-    }
-    return lo;
+    return offsetAtTimeIn(this.firstOffset() || this.flushedOffset + 1, this.flushedOffset + 1, ms, (o) => this.receivedAt(o));
   }
 
   /** When the entry at `offset` was received; in a gap, the next entry's; null past the end. */
@@ -424,29 +382,11 @@ export class Replica {
         const count = recordCount(value);
         const last = key[2] + count - 1;
         if (last > this.flushedOffset) break;
-        const bytes = value.length - 4 - 4 * count;
-        m.records.push({ last, bytes });
-        m.bytes += bytes;
-        m.through = last;
+        meterRecord(m, last, value.length - 4 - 4 * count);
         if (++n >= scan) break;
       }
     }
     // Records trimmed meanwhile no longer count (the cut moves over them).
-    const first = this.firstOffset();
-    while (m.head < m.records.length && m.records[m.head]!.last < first) {
-      const r = m.records[m.head++]!;
-      m.bytes -= r.bytes;
-      m.cut = r.last;
-    }
-    while (m.bytes > max && m.head < m.records.length) {
-      const r = m.records[m.head++]!;
-      m.bytes -= r.bytes;
-      m.cut = r.last;
-    }
-    if (m.head > 1024 && m.head * 2 > m.records.length) {
-      m.records = m.records.slice(m.head);
-      m.head = 0;
-    }
-    return m.cut;
+    return advanceCut(m, max, this.firstOffset());
   }
 }

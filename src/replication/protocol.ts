@@ -137,15 +137,22 @@ const isNodeId = (v: unknown): v is string => typeof v === 'string' && NAME.test
 /** An incarnation: hex, as Log mints it. */
 const isIncarnation = (v: unknown): v is string => typeof v === 'string' && /^[0-9a-f]{1,64}$/.test(v);
 
-/** Parses a text frame from a leader; a string names what is wrong. */
-export function parseLeaderMessage(text: string): Hello | Progress | string {
-  let m: Record<string, unknown>;
+/** A text frame's JSON object, or what is wrong with it. */
+function jsonObject(text: string): Record<string, unknown> | string {
+  let m: unknown;
   try {
     m = JSON.parse(text);
   } catch {
     return 'text frame is not JSON';
   }
   if (m === null || typeof m !== 'object') return 'text frame is not a JSON object';
+  return m as Record<string, unknown>;
+}
+
+/** Parses a text frame from a leader; a string names what is wrong. */
+export function parseLeaderMessage(text: string): Hello | Progress | string {
+  const m = jsonObject(text);
+  if (typeof m === 'string') return m;
   if (m.t === 'hello') {
     if (!isNodeId(m.node_id) || !isIncarnation(m.incarnation) || !isOffset(m.first) || !isOffset(m.durable)) return 'hello lacks node_id (a config name), incarnation (hex), first or durable';
     return m as unknown as Hello;
@@ -160,13 +167,8 @@ export function parseLeaderMessage(text: string): Hello | Progress | string {
 
 /** Parses a text frame from a follower; a string names what is wrong. */
 export function parseFollowerMessage(text: string): Want | Flushed | string {
-  let m: Record<string, unknown>;
-  try {
-    m = JSON.parse(text);
-  } catch {
-    return 'text frame is not JSON';
-  }
-  if (m === null || typeof m !== 'object') return 'text frame is not a JSON object';
+  const m = jsonObject(text);
+  if (typeof m === 'string') return m;
   if (m.t === 'want') {
     if (!isId(m.incarnation) || !isOffset(m.from)) return 'want lacks incarnation or from';
     return m as unknown as Want;
