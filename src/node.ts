@@ -11,7 +11,9 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from './config/schema';
 import { formatBytes } from './config/units';
-import { Delivery } from './delivery/delivery';
+import { Delivery, listDeadLetters } from './delivery/delivery';
+import { CrowdError } from './errors';
+import { ReplicaDeliveryStore } from './log/replica-source';
 import { AdminServer } from './http/admin';
 import { IngestServer } from './http/ingest';
 import { loadNativeUws, type TemplatedApp } from './http/uws';
@@ -19,6 +21,8 @@ import { Log } from './log/log';
 import type { Logger } from './observability/logger';
 import { Metrics } from './observability/metrics';
 import { Replicator } from './replication/replicator';
+import { HANDBACK_WAIT_MS, reportedAhead, Takeover } from './replication/takeover';
+import { finishedOffsets } from './delivery/source';
 import { VERSION } from './version';
 
 /** Longest wait for open requests and pending commits at shutdown. */
@@ -55,6 +59,7 @@ export class CrowdNode {
   private ingest: IngestServer | null = null;
   private delivery: Delivery | null = null;
   private replicator: Replicator | null = null;
+  private takeover: Takeover | null = null;
   private housekeeping: NodeJS.Timeout | null = null;
   /** The retention and stats pass in progress; stop() waits for it before closing the log. */
   private housekeepingRun: Promise<void> | null = null;
@@ -70,7 +75,7 @@ export class CrowdNode {
     const uws = loadNativeUws();
     this.metrics = new Metrics({
       log: () => this.log?.stats() ?? null,
-      targets: () => this.delivery?.status() ?? [],
+      targets: () => [...(this.delivery?.status() ?? []), ...(this.takeover?.figures() ?? [])],
       maxBytes: config.log.max_bytes,
     });
     this.admin = new AdminServer({
@@ -79,7 +84,8 @@ export class CrowdNode {
       metrics: this.metrics,
       status: () => this.status(),
       notReady: () => this.notReady(),
-      delivery: () => this.delivery,
+      delivery: (origin) => (origin === undefined ? this.delivery : this.takeover?.deliveryOf(origin.origin, origin.incarnation) ?? null),
+      replicaDeadLetters: (origin, incarnation, target, after, limit) => this.replicaDeadLetters(origin, incarnation, target, after, limit),
     });
   }
 
@@ -110,13 +116,21 @@ export class CrowdNode {
     log.onFatal((err) => this.fatal(err));
     const delivery = new Delivery({ config, log, logger, metrics: this.metrics, onFatal: (err) => this.fatal(err, 'delivery_failed') });
     this.delivery = delivery;
+    const targetNames = config.targets.map((t) => t.name);
+    const replicator = config.cluster.peers.length > 0 ? new Replicator({ config, log, logger, registry: this.metrics.registry, finished: () => finishedOffsets(log.delivery, targetNames) }) : null;
+    this.replicator = replicator;
+    if (replicator) {
+      const takeover = new Takeover({ config, log, logger, metrics: this.metrics, view: replicator, onFatal: (err) => this.fatal(err, 'delivery_failed') });
+      this.takeover = takeover;
+      replicator.taken = () => takeover.taken();
+      replicator.onPeer = () => {
+        if (this.state === 'ready') takeover.poke();
+      };
+      log.heldElsewhere = () => takeover.heldBytes();
+      await this.handback(log, replicator, targetNames);
+    }
     // Before ingest starts: every acknowledgement after this point is counted per target.
     await delivery.start();
-    const replicator =
-      config.cluster.peers.length > 0
-        ? new Replicator({ config, log, logger, registry: this.metrics.registry, finished: () => finishedOffsets(log, config.targets.map((t) => t.name)) })
-        : null;
-    this.replicator = replicator;
     const ingest = new IngestServer({
       uws: loadNativeUws(),
       config,
@@ -131,6 +145,7 @@ export class CrowdNode {
     this.ingest = ingest;
     const port = await ingest.start();
     replicator?.start();
+    this.takeover?.start();
     this.housekeeping = setInterval(() => this.houseKeep(), Math.min(HOUSEKEEPING_INTERVAL_MS, Math.max(1000, config.log.retention)));
     this.housekeeping.unref();
     this.stallTimer = setInterval(() => {
@@ -151,6 +166,38 @@ export class CrowdNode {
       { event: 'listening', version: VERSION, config: this.opts.configFile, host: config.server.host, port, admin_host: config.admin.host, admin_port: adminPort, log_dir: config.log.dir, first_offset: s.first_offset, last_offset: s.last_offset },
       `crowd ${VERSION} listening on ${config.server.host}:${port}, admin on ${config.admin.host}:${adminPort}`,
     );
+  }
+
+  /**
+   * Before this node delivers its own log: a peer may have delivered it while this node was
+   * down. Waits (at most HANDBACK_WAIT_MS) for the peers' reports, then moves each target's
+   * offset up to the highest finished offset reported for this log.
+   */
+  private async handback(log: Log, replicator: Replicator, targets: readonly string[]): Promise<void> {
+    const { logger } = this.opts;
+    replicator.startLinks();
+    const w = await replicator.waitForReports(log.incarnation, HANDBACK_WAIT_MS);
+    const ahead = reportedAhead(w.reports, (t) => (log.delivery.hasOffset(t) ? log.delivery.offset(t) : null), targets, log.durableOffset());
+    for (const [t, m] of Object.entries(ahead)) await log.delivery.setOffset(t, m.to);
+    const takers = w.reports.map((r) => `${r.delivering ? 'still delivering' : 'reported'} ${JSON.stringify(r.finished)}`);
+    if (Object.keys(ahead).length > 0 || !w.complete) {
+      logger.info(
+        { event: 'handback', waited_ms: w.waitedMs, complete: w.complete, moved: ahead, reports: w.reports },
+        `handback: ${Object.keys(ahead).length > 0 ? `targets resume where peers delivered this log to (${Object.entries(ahead).map(([t, m]) => `${t} ${m.from} -> ${m.to}`).join(', ')})` : 'no peer delivered past this node\'s offsets'}${w.complete ? '' : `; not every peer answered within ${HANDBACK_WAIT_MS} ms (what a taker delivers later may be delivered again)`}${takers.length ? `; reports: ${takers.join('; ')}` : ''}`,
+      );
+    }
+  }
+
+  /** Dead letters a target got here while delivering a peer's log (the latest incarnation held, unless named). */
+  private replicaDeadLetters(origin: string, incarnation: string | undefined, target: string, after: number, limit: number): unknown {
+    const log = this.log;
+    if (!log) throw new CrowdError('CROWD_ERR_REPLAY', 'the log is not open');
+    if (!this.opts.config.targets.some((t) => t.name === target)) throw new CrowdError('CROWD_ERR_REPLAY', `no target is named "${target}"`);
+    const all = log.replicas().filter((r) => r.origin === origin && (incarnation === undefined || r.incarnation === incarnation));
+    const r = all[all.length - 1];
+    if (!r) throw new CrowdError('CROWD_ERR_REPLAY', `no replica of ${origin}${incarnation ? ` incarnation ${incarnation}` : ''} is held here`);
+    const store = new ReplicaDeliveryStore(log.delivery, r.origin, r.incarnation, () => 0);
+    return { target, origin: r.origin, incarnation: r.incarnation, dead_letters: listDeadLetters(store, target, after, limit) };
   }
 
   private houseKeep(): void {
@@ -209,7 +256,7 @@ export class CrowdNode {
     // Let the last acknowledgements leave the socket buffers before the process exits.
     await new Promise((r) => setImmediate(r));
     // Requests in flight to upstreams get a few seconds; what does not finish is sent again after the restart.
-    await this.delivery?.stop(DELIVERY_STOP_GRACE_MS);
+    await Promise.all([this.delivery?.stop(DELIVERY_STOP_GRACE_MS), this.takeover?.stop(DELIVERY_STOP_GRACE_MS)]);
     this.replicator?.stop();
     // A failure while draining: the node is on its way out without touching the log again.
     if ((this.state as NodeState) === 'failed') return;
@@ -282,6 +329,13 @@ export class CrowdNode {
     return null;
   }
 
+  /** The replicator's status, each replica with who delivers it (and how far, when this node does). */
+  private clusterStatus(): unknown {
+    const st = this.replicator?.status();
+    if (!st) return null;
+    return { ...st, takeover_after_ms: this.opts.config.cluster.takeover_after, replicas: st.replicas.map((r) => ({ ...r, ...(this.takeover?.role(r.origin, r.incarnation) ?? {}) })) };
+  }
+
   status(): unknown {
     const { config } = this.opts;
     const s = this.log?.stats();
@@ -303,21 +357,8 @@ export class CrowdNode {
         : { dir: config.log.dir },
       targets: this.delivery?.status() ?? [],
       incarnation: this.log?.incarnation ?? null,
-      cluster: this.replicator?.status() ?? { node_id: config.node_id, incarnation: this.log?.incarnation ?? null, ack: config.cluster.ack, min_insync: config.cluster.min_insync, peers: [], replicas: this.log?.replicas().map((r) => r.info()) ?? [], quorum_waiting: 0 },
+      cluster: this.clusterStatus() ?? { node_id: config.node_id, incarnation: this.log?.incarnation ?? null, ack: config.cluster.ack, min_insync: config.cluster.min_insync, peers: [], replicas: this.log?.replicas().map((r) => r.info()) ?? [], quorum_waiting: 0 },
       peers: this.replicator?.peers() ?? [],
     };
   }
-}
-
-/**
- * Per target, the offset below which everything is finished (delivered or dead-lettered):
- * the committed offset, lowered below the oldest parked retry. A takeover starts there.
- */
-export function finishedOffsets(log: Log, targets: readonly string[]): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const t of targets) {
-    const parked = log.delivery.firstRetry(t);
-    out[t] = Math.max(0, Math.min(log.delivery.offset(t), parked === null ? Infinity : parked - 1));
-  }
-  return out;
 }

@@ -11,13 +11,16 @@ function offsetsQuery(offsets: number[] | undefined): string {
   return offsets && offsets.length > 0 ? `?offset=${offsets.join(',')}` : '';
 }
 
-export async function dlqList({ config }: LoadedConfig, o: { target: string; after?: number; limit?: number; json?: boolean }): Promise<void> {
+export async function dlqList({ config }: LoadedConfig, o: { target: string; after?: number; limit?: number; json?: boolean; origin?: string; incarnation?: string }): Promise<void> {
   const q = new URLSearchParams();
+  if (o.origin !== undefined) q.set('origin', o.origin);
+  if (o.incarnation !== undefined) q.set('incarnation', o.incarnation);
   if (o.after !== undefined) q.set('after', String(o.after));
   q.set('limit', String(o.limit ?? 100));
   const r = (await adminGet(config, `${target(o.target)}/dlq?${q}`)) as { dead_letters: Record<string, unknown>[] };
   for (const d of r.dead_letters) process.stdout.write(JSON.stringify(d) + '\n');
-  if (r.dead_letters.length === 0) process.stderr.write(`target ${o.target}: no dead letters${o.after ? ` after offset ${o.after}` : ''}\n`);
+  const of = o.origin !== undefined ? ` of ${o.origin}'s log` : '';
+  if (r.dead_letters.length === 0) process.stderr.write(`target ${o.target}: no dead letters${of}${o.after ? ` after offset ${o.after}` : ''}\n`);
 }
 
 export async function dlqReplay({ config }: LoadedConfig, o: { target: string; offset?: number[] }): Promise<void> {

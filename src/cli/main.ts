@@ -79,7 +79,9 @@ export function main(argv: string[]): void {
     .addOption(targetOption())
     .option('--after <offset>', 'only dead letters with a higher offset', parseOffset)
     .option('-n, --limit <count>', 'at most this many (default 100, max 10000)', parseOffset)
-    .action((o: { config?: string; target: string; after?: number; limit?: number }) => dlqList(configOrExit(o.config), o));
+    .option('--origin <node_id>', "dead letters this node got while delivering that peer's log (a takeover)")
+    .option('--incarnation <id>', 'with --origin: that log of the peer (default: the latest held here)')
+    .action((o: { config?: string; target: string; after?: number; limit?: number; origin?: string; incarnation?: string }) => dlqList(configOrExit(o.config), o));
   dlq
     .command('replay')
     .description('send dead letters to the target again (they keep their id and attempt count)')

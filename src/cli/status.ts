@@ -61,7 +61,19 @@ interface StatusJson {
     ack: string;
     min_insync: number;
     quorum_waiting: number;
-    replicas: { origin: string; incarnation: string; first_offset: number; last_offset: number; flushed_offset: number; bytes: number; gaps: number; finished: Record<string, number> }[];
+    replicas: {
+      origin: string;
+      incarnation: string;
+      first_offset: number;
+      last_offset: number;
+      flushed_offset: number;
+      bytes: number;
+      gaps: number;
+      finished: Record<string, number>;
+      delivered_by?: string;
+      orphaned?: boolean;
+      targets?: { name: string; state: string; offset: number; lag: number; dead_letters: number }[];
+    }[];
   };
   peers: { url: string; state: string; node_id: string | null; incarnation: string | null; flushed_offset: number | null; lag: number | null; last_heard: number | null; reason?: string }[];
 }
@@ -94,9 +106,11 @@ export async function statusCommand({ config }: LoadedConfig, asJson: boolean): 
       `    flushed here ${p.flushed_offset ?? '-'}  lag ${p.lag ?? '-'}${p.reason ? `  (${p.reason})` : ''}`,
     ]),
     `replicas  ${!s.cluster || s.cluster.replicas.length === 0 ? '(none)' : ''}`,
-    ...(s.cluster?.replicas ?? []).map(
-      (r) => `  ${r.origin}/${r.incarnation}  offsets ${r.first_offset}..${r.flushed_offset}  bytes ${r.bytes}${r.gaps ? `  gaps ${r.gaps}` : ''}  finished ${Object.entries(r.finished).map(([k, v]) => `${k}=${v}`).join(' ') || '-'}`,
-    ),
+    ...(s.cluster?.replicas ?? []).flatMap((r) => [
+      `  ${r.origin}/${r.incarnation}  offsets ${r.first_offset}..${r.flushed_offset}  bytes ${r.bytes}${r.gaps ? `  gaps ${r.gaps}` : ''}  finished ${Object.entries(r.finished).map(([k, v]) => `${k}=${v}`).join(' ') || '-'}`,
+      ...(r.delivered_by ? [`    delivered by ${r.delivered_by}${r.orphaned ? ' (an old log: its node started a new one)' : ''}`] : []),
+      ...(r.targets ?? []).map((x) => `    ${x.name.padEnd(20)} ${x.state}  offset ${x.offset}  lag ${x.lag}  dead letters ${x.dead_letters}`),
+    ]),
   ];
   process.stdout.write(lines.join('\n') + '\n');
 }

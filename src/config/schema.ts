@@ -196,6 +196,7 @@ export const SCHEMA: Record<string, Spec> = {
       secret_file: { kind: 'string', doc: 'A file holding the shared secret (instead of secret; one line, at least 16 characters).', optional: true },
       min_insync: { kind: 'number', doc: 'Copies flushed (this node included) before a quorum ack; 0 = a majority of 1 + peers.', default: 0, min: 0, max: LIMITS.peers_max + 1, integer: true },
       ack_timeout: { kind: 'duration', doc: 'A quorum not reached in this time: 503 + Retry-After (the request stays stored and may still be delivered).', default: '2s', min_ms: 10, max_ms: 60_000 },
+      takeover_after: { kind: 'duration', doc: "A peer unheard of this long is down: the live node that wins the rendezvous hash delivers its replica's backlog.", default: '15s', min_ms: 1000, max_ms: 3_600_000 },
     },
   },
 };
@@ -252,5 +253,6 @@ export interface Config {
     /** Resolved: a majority when 0 was configured. */
     readonly min_insync: number;
     readonly ack_timeout: number;
+    readonly takeover_after: number;
   };
 }

@@ -15,7 +15,7 @@ import { CrowdError } from '../errors';
 import { Consumer, ReadAheadBudget, type ConsumerStatus, type PendingCommit } from './consumer';
 import { HttpSink } from './sinks/http';
 import type { Sink } from './sinks/sink';
-import type { DeliverySource } from './source';
+import type { DeliverySource, DeliveryStoreView } from './source';
 
 export const COMMIT_INTERVAL_MS = 100;
 /** Dead letters listed, replayed or purged per call. */
@@ -27,6 +27,8 @@ export interface DeliveryDeps {
   readonly log: DeliverySource;
   readonly logger: Logger;
   readonly metrics: Metrics;
+  /** The node whose log this is, when it is a peer's replica (metrics get an `origin` label). */
+  readonly origin?: string;
   /** Called once when delivery cannot go on (a failed commit, a bug): the node crash-stops. */
   readonly onFatal: (err: Error) => void;
 }
@@ -57,7 +59,7 @@ export class Delivery {
         logger: deps.logger,
         budget,
         events: {
-          attemptSeconds: ((h) => (seconds: number) => h.observe(seconds))(deps.metrics.deliverySecondsOf(t.name)),
+          attemptSeconds: ((h) => (seconds: number) => h.observe(seconds))(deps.metrics.deliverySecondsOf(t.name, deps.origin)),
           commitSoon: () => this.commitSoon(),
         },
       });
@@ -171,18 +173,7 @@ export class Delivery {
   /** Dead letters of a target, oldest first, with offset > after. */
   deadLetters(target: string, after: number, limit: number): unknown[] {
     this.consumer(target);
-    return this.deps.log.delivery.deadLetters(target, after, Math.min(limit, DLQ_BATCH_MAX)).map(({ offset, held }) => {
-      const e = decodeEnvelope(held.envelope);
-      return {
-        offset,
-        attempts: held.attempts,
-        status: held.status || null,
-        error: held.error,
-        first_attempt_at: held.first_attempt_at ? new Date(held.first_attempt_at).toISOString() : null,
-        dead_at: new Date(held.at).toISOString(),
-        request: envelopeToJson(e),
-      };
-    });
+    return listDeadLetters(this.deps.log.delivery, target, after, limit);
   }
 
   /** Moves dead letters back into the target's retry line. */
@@ -276,4 +267,20 @@ function makeSink(t: TargetConfig): Sink {
   // The config refuses the other types until their sinks exist.
   if (t.type !== 'http') throw new CrowdError('CROWD_ERR_CONFIG', `target ${t.name}: type "${t.type}" is not supported by this version`);
   return new HttpSink(t);
+}
+
+/** Dead letters of `target` in `store`, oldest first, with offset > after (as the admin API lists them). */
+export function listDeadLetters(store: DeliveryStoreView, target: string, after: number, limit: number): unknown[] {
+  return store.deadLetters(target, after, Math.min(limit, DLQ_BATCH_MAX)).map(({ offset, held }) => {
+    const e = decodeEnvelope(held.envelope);
+    return {
+      offset,
+      attempts: held.attempts,
+      status: held.status || null,
+      error: held.error,
+      first_attempt_at: held.first_attempt_at ? new Date(held.first_attempt_at).toISOString() : null,
+      dead_at: new Date(held.at).toISOString(),
+      request: envelopeToJson(e),
+    };
+  });
 }

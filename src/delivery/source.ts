@@ -27,6 +27,8 @@ export interface DeliveryStoreView {
   /** Every retry record: offset, attempts and due time. */
   retryIndex(target: string): { offset: number; attempts: number; due: number }[];
   retry(target: string, offset: number): Held | undefined;
+  /** The lowest offset parked for a retry, or null. */
+  firstRetry(target: string): number | null;
   deadCount(target: string): number;
   /** Offsets of dead letters in [from, through]. */
   deadOffsets(target: string, from: number, through?: number): number[];
@@ -61,4 +63,17 @@ export interface DeliverySource {
   pin(offset: number): () => void;
   /** Called whenever the durable offset moved. */
   onDurable(listener: () => void): void;
+}
+
+/**
+ * Per target, the offset below which everything is finished (delivered or dead-lettered):
+ * the committed offset, lowered below the oldest parked retry. A takeover starts there.
+ */
+export function finishedOffsets(store: Pick<DeliveryStoreView, 'offset' | 'firstRetry'>, targets: readonly string[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const t of targets) {
+    const parked = store.firstRetry(t);
+    out[t] = Math.max(0, Math.min(store.offset(t), parked === null ? Infinity : parked - 1));
+  }
+  return out;
 }

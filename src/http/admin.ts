@@ -18,7 +18,10 @@ export interface AdminDeps {
   readonly status: () => unknown;
   /** null when ready, else why not. */
   readonly notReady: () => string | null;
-  readonly delivery: () => Delivery | null;
+  /** The local log's delivery, or (with `origin`) the delivery of a peer's log taken over here. */
+  readonly delivery: (origin?: { origin: string; incarnation: string }) => Delivery | null;
+  /** Dead letters a target got here while delivering a peer's log (also after the takeover ended). */
+  readonly replicaDeadLetters: (origin: string, incarnation: string | undefined, target: string, after: number, limit: number) => unknown;
 }
 
 type Query = URLSearchParams;
@@ -93,9 +96,19 @@ export class AdminServer {
           res.onAborted(() => {
             aborted = true;
           });
-          const d = this.deps.delivery();
+          const origin = q.get('origin');
           Promise.resolve()
             .then(() => {
+              if (origin !== null && method === 'get' && suffix === '/dlq') {
+                return this.deps.replicaDeadLetters(origin, q.get('incarnation') ?? undefined, target, intParam(q, 'after') ?? 0, intParam(q, 'limit') ?? 100);
+              }
+              if (origin !== null) {
+                const inc = q.get('incarnation');
+                const d = inc === null ? null : this.deps.delivery({ origin, incarnation: inc });
+                if (!d) throw new CrowdError('CROWD_ERR_REPLAY', `${origin}'s log${inc ? ` ${inc}` : ''} is not being delivered by this node (give origin= and incarnation= of a takeover in progress; crowd status lists them)`);
+                return fn(d, target, q);
+              }
+              const d = this.deps.delivery();
               if (!d) throw new CrowdError('CROWD_ERR_REPLAY', 'delivery is not running');
               return fn(d, target, q);
             })

@@ -241,8 +241,32 @@ export class Log {
     if (this.closed) return 'closed';
     if (this.pending >= this.opts.maxPendingWrites) return 'pending_writes';
     if (this.bytesPending >= (this.opts.maxPendingBytes ?? Infinity)) return 'pending_writes';
-    if (this.bytesDurable + this.bytesPending >= this.opts.maxBytes) return 'max_bytes';
+    if (this.bytesDurable + this.bytesPending + this.heldElsewhere() >= this.opts.maxBytes) return 'max_bytes';
     return null;
+  }
+
+  /**
+   * Bytes held in this environment besides the log that count against log.max_bytes: the
+   * replicas this node delivers (a takeover). Set by the node; 0 until then.
+   */
+  heldElsewhere: () => number = () => 0;
+
+  /**
+   * Removes a replica (an orphaned incarnation whose every entry is finished): its records in
+   * chunks, then its meta record. Nothing may deliver from it any more.
+   */
+  async dropReplica(origin: string, incarnation: string): Promise<number> {
+    const k = Replica.metaKey(origin, incarnation);
+    let removed = 0;
+    for (;;) {
+      const keys = [...this.replicaDb.getKeys({ start: [origin, incarnation, 0], end: [origin, incarnation, Number.MAX_SAFE_INTEGER], limit: 1000 })];
+      if (keys.length === 0) break;
+      await this.write(() => Promise.all(keys.map((key) => durable(this.replicaDb.remove(key)))));
+      removed += keys.length;
+    }
+    await this.write(() => durable(this.meta.remove(k)));
+    this.replicaMap.delete(k);
+    return removed;
   }
 
   /**
@@ -595,7 +619,7 @@ export class Log {
       passed = Math.min(passed, this.durable, this.pinnedBelow());
       // Near log.max_bytes, delivered entries go before their retention time: the quota is
       // for what is still owed to targets, not for replay history.
-      const pressed = this.bytesDurable + this.bytesPending >= this.opts.maxBytes * RETENTION_PRESSURE;
+      const pressed = this.bytesDurable + this.bytesPending + this.heldElsewhere() >= this.opts.maxBytes * RETENTION_PRESSURE;
       const cutoff = pressed ? Infinity : this.now() - this.opts.retentionMs;
       const candidates: { key: number; last: number; freed: number }[] = [];
       for (const { key, value } of this.entries.getRange({ start: 1, end: passed + 1, limit: RETENTION_CHUNK })) {

@@ -4,9 +4,10 @@
  *
  * - Reads stop at the replica's flushed offset (what this node has fsynced), which is its
  *   durable offset; `onDurable` listeners run whenever it moves.
- * - Consumer state lives in this node's own delivery store under `<target>@<origin>` (names
- *   cannot hold "@", so these never meet the local targets' keys, nor another origin's): a
- *   taker's offsets, retries and dead letters for an origin stay apart from its own.
+ * - Consumer state lives in this node's own delivery store under
+ *   `<target>@<origin>/<incarnation>` (names cannot hold "@" or "/", so these never meet the
+ *   local targets' keys, nor another log's): a taker's offsets, retries and dead letters for
+ *   an origin stay apart from its own, and a wiped origin's old log from its new one.
  * - A target with no offset stored here yet starts at the origin's finished offset for it (as
  *   the origin last reported it), else before the first entry held: never after the replica's
  *   end, as a new local target would (that would skip the origin's backlog).
@@ -25,23 +26,24 @@ import type { Envelope } from './codec';
 import type { LagMeter } from './log';
 import type { Replica } from './replica';
 
-/** The store key of `target`'s consumer for the replica of `origin`. */
-export function replicaConsumerName(target: string, origin: string): string {
-  return `${target}@${origin}`;
+/** The store key of `target`'s consumer for the replica of (`origin`, `incarnation`). */
+export function replicaConsumerName(target: string, origin: string, incarnation: string): string {
+  return `${target}@${origin}/${incarnation}`;
 }
 
-/** The delivery store seen through a replica: every key is `<target>@<origin>`. */
+/** The delivery store seen through a replica: every key is `<target>@<origin>/<incarnation>`. */
 export class ReplicaDeliveryStore implements DeliveryStoreView {
   constructor(
     private readonly store: DeliveryStore,
     private readonly origin: string,
+    private readonly incarnation: string,
     /** Where a target without a stored offset starts (its last finished offset). */
     private readonly startOffset: (target: string) => number,
   ) {}
 
   /** The key this target's state is stored under. */
   key(target: string): string {
-    return replicaConsumerName(target, this.origin);
+    return replicaConsumerName(target, this.origin, this.incarnation);
   }
 
   offset(target: string): number {
@@ -118,7 +120,7 @@ export class ReplicaSource implements DeliverySource {
     store: DeliveryStore,
     readonly targets: readonly string[],
   ) {
-    this.delivery = new ReplicaDeliveryStore(store, replica.origin, (t) => this.startOffset(t));
+    this.delivery = new ReplicaDeliveryStore(store, replica.origin, replica.incarnation, (t) => this.startOffset(t));
     this.seen = replica.flushed();
     this.detach.push(
       replica.onFlushed(() => {
@@ -139,7 +141,7 @@ export class ReplicaSource implements DeliverySource {
    * Where a target without a stored offset starts: the origin's finished offset for it, but
    * never below what the replica holds (retention on the origin removed the rest).
    */
-  private startOffset(target: string): number {
+  startOffset(target: string): number {
     const finished = this.replica.finished()[target];
     const before = this.firstOffset() - 1;
     return finished === undefined ? before : Math.max(finished, before);

@@ -16,6 +16,8 @@ export interface LogGauges {
 /** Per-target figures read at each scrape (see `delivery/consumer.ts`). */
 export interface TargetFigures {
   name: string;
+  /** Set for a peer's log delivered here (a takeover): the series get an `origin` label. */
+  origin?: string;
   accepted: number;
   delivered: number;
   dead_letters: number;
@@ -25,6 +27,11 @@ export interface TargetFigures {
   retrying: number;
   /** Attempts by outcome. */
   attempts: Readonly<Record<string, number>>;
+}
+
+/** The labels of one target's series: `target`, and `origin` for a taken-over log. */
+function seriesOf(f: TargetFigures): { target: string; origin?: string } {
+  return f.origin === undefined ? { target: f.name } : { target: f.name, origin: f.origin };
 }
 
 export class Metrics {
@@ -93,11 +100,11 @@ export class Metrics {
     new Counter({
       name: 'crowd_delivery_attempts_total',
       help: 'Delivery attempts by target and outcome: delivered (2xx), retry (retryable status), error (no response), timeout, dead (dead-lettered), paused (401/403).',
-      labelNames: ['target', 'outcome'],
+      labelNames: ['target', 'outcome', 'origin'],
       registers: [registry],
       collect() {
         this.reset();
-        for (const f of sources.targets()) for (const [outcome, n] of Object.entries(f.attempts)) if (n > 0) this.labels(f.name, outcome).inc(n);
+        for (const f of sources.targets()) for (const [outcome, n] of Object.entries(f.attempts)) if (n > 0) this.labels({ ...seriesOf(f), outcome }).inc(n);
       },
     });
     this.deliverySeconds = new BatchHistogram({
@@ -108,16 +115,18 @@ export class Metrics {
     });
     // Read from the consumers at each scrape, all in one synchronous pass: for every target,
     // accepted = delivered + dead_letters + purged + lag holds in every scrape.
+    // A taken-over log's series carry `origin`; the node's own log's series do not (so
+    // dashboards and alerts written for one node keep matching): sum by (target) is the total.
     const perTarget = (kind: 'gauge' | 'counter', name: string, help: string, pick: (f: TargetFigures) => number) => {
-      const collect = function (this: Gauge<'target'> | Counter<'target'>) {
-        if (this instanceof Counter) this.reset();
+      const collect = function (this: Gauge<'target' | 'origin'> | Counter<'target' | 'origin'>) {
+        this.reset();
         for (const f of sources.targets()) {
-          if (this instanceof Counter) this.labels(f.name).inc(pick(f));
-          else this.labels(f.name).set(pick(f));
+          if (this instanceof Counter) this.labels(seriesOf(f)).inc(pick(f));
+          else this.labels(seriesOf(f)).inc(pick(f));
         }
       };
-      if (kind === 'gauge') new Gauge({ name, help, labelNames: ['target'], registers: [registry], collect });
-      else new Counter({ name, help, labelNames: ['target'], registers: [registry], collect });
+      if (kind === 'gauge') new Gauge({ name, help, labelNames: ['target', 'origin'], registers: [registry], collect });
+      else new Counter({ name, help, labelNames: ['target', 'origin'], registers: [registry], collect });
     };
     perTarget('counter', 'crowd_accepted_total', 'Requests acknowledged for the target (its routes), plus the backlog found at start.', (f) => f.accepted);
     perTarget('counter', 'crowd_delivered_total', 'Requests the target answered with 2xx.', (f) => f.delivered);
@@ -128,9 +137,9 @@ export class Metrics {
     perTarget('gauge', 'crowd_delivery_retrying', 'Requests waiting for another attempt.', (f) => f.retrying);
   }
 
-  /** Records attempt durations of one target (seconds). */
-  deliverySecondsOf(target: string): { observe(seconds: number): void } {
-    return this.deliverySeconds.series({ target });
+  /** Records attempt durations of one target (seconds); `origin` for a taken-over log. */
+  deliverySecondsOf(target: string, origin?: string): { observe(seconds: number): void } {
+    return this.deliverySeconds.series(origin === undefined ? { target } : { target, origin });
   }
 
   ingest(route: string, code: number): void {

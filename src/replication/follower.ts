@@ -11,7 +11,7 @@ import type { Log } from '../log/log';
 import type { Replica } from '../log/replica';
 import type { Logger } from '../observability/logger';
 import { FRAME_BYTES_MAX, WINDOW_BYTES } from './leader';
-import { checkLeaderProof, closeReason, followerAuth, parseLeaderMessage, parseRecordFrame, REPLICATE_PATH, type Flushed, type Want } from './protocol';
+import { checkLeaderProof, closeReason, followerAuth, parseLeaderMessage, parseRecordFrame, REPLICATE_PATH, type Flushed, type Progress, type Want } from './protocol';
 
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 2000;
@@ -41,6 +41,8 @@ export interface FollowerDeps {
   readonly onGap: (origin: string, from: number, to: number) => void;
   /** Claims `nodeId` for this link: null when it may follow that node, else the URL of the link that already does. */
   readonly claim: (nodeId: string, link: PeerLink) => string | null;
+  /** A progress message from the leader `nodeId` (after its hello on this connection). */
+  readonly onProgress: (nodeId: string, m: Progress) => void;
 }
 
 export class PeerLink {
@@ -89,7 +91,7 @@ export class PeerLink {
     const nonce = randomBytes(16).toString('hex');
     this.nonce = nonce;
     const ws = new WebSocket(this.wsUrl(), {
-      headers: { 'crowd-auth': followerAuth(this.deps.secret, this.deps.nodeId, Date.now(), nonce), 'crowd-node-id': this.deps.nodeId },
+      headers: { 'crowd-auth': followerAuth(this.deps.secret, this.deps.nodeId, Date.now(), nonce), 'crowd-node-id': this.deps.nodeId, 'crowd-incarnation': this.deps.log.incarnation },
       handshakeTimeout: 5000,
       maxPayload: FRAME_BYTES_MAX,
       perMessageDeflate: false,
@@ -150,7 +152,8 @@ export class PeerLink {
   }
 
   private onMessage(ws: WebSocket, data: Buffer, isBinary: boolean): void {
-    if (this.ws !== ws) return;
+    // A connection being closed (refused, or a broken leader): what else it carried is ignored.
+    if (this.ws !== ws || ws.readyState !== WebSocket.OPEN) return;
     this.lastHeard = Date.now();
     if (isBinary) return this.onRecord(ws, data);
     const m = parseLeaderMessage(data.toString());
@@ -207,6 +210,7 @@ export class PeerLink {
     this.leaderDurable = m.durable;
     void this.replica.setFinished(m.finished).catch(() => {});
     if (m.first > this.replica.firstOffset()) void this.replica.trimBelow(m.first).catch(() => {});
+    if (this.nodeId !== null) this.deps.onProgress(this.nodeId, m);
   }
 
   private onRecord(ws: WebSocket, data: Buffer): void {

@@ -10,7 +10,7 @@ import type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSoc
 import { LIMITS, NAME } from '../config/schema';
 import type { Log } from '../log/log';
 import type { Logger } from '../observability/logger';
-import { AUTH_SKEW_MS, checkFollowerAuth, closeReason, leaderProof, parseFollowerMessage, recordFrame, REPLICATE_PATH, type Hello, type Progress } from './protocol';
+import { AUTH_SKEW_MS, checkFollowerAuth, closeReason, leaderProof, parseFollowerMessage, recordFrame, REPLICATE_PATH, isIncarnation, type Hello, type Progress, type TakenReport } from './protocol';
 
 /** Bytes sent to one follower and not yet reported flushed. */
 export const WINDOW_BYTES = 8 * 1024 * 1024;
@@ -31,6 +31,8 @@ export const LIVE_MS = 3000;
 
 interface Session {
   nodeId: string;
+  /** The follower's own log (its Crowd-Incarnation header), when it said. */
+  incarnation: string | null;
   /** The follower's nonce, which the hello's proof covers. */
   nonce: string;
   remote: string;
@@ -62,6 +64,8 @@ export interface FollowerView {
   /** Bytes uWebSockets.js holds for this connection (sent, not yet taken by the kernel). */
   buffered_bytes: number;
   last_heard: number;
+  /** The follower's own log, as it said when it connected. */
+  incarnation: string | null;
   /** Asked for the log and heard within LIVE_MS. */
   live: boolean;
 }
@@ -73,6 +77,10 @@ export interface LeaderDeps {
   readonly logger: Logger;
   /** Per target: the offset below which everything is finished (delivered or dead-lettered). */
   readonly finished: () => Record<string, number>;
+  /** Other nodes' logs this node delivers or delivered (streamed with the progress). */
+  readonly taken: () => TakenReport[];
+  /** A follower connected (or went away): takeover looks again. */
+  readonly onFollowers: () => void;
   readonly onAuthFailure: (remote: string, why: string) => void;
   /** A follower's flushed offset of this log moved. */
   readonly onFlushed: () => void;
@@ -116,6 +124,7 @@ export class Leader {
     const key = req.getHeader('sec-websocket-key');
     const protocol = req.getHeader('sec-websocket-protocol');
     const extensions = req.getHeader('sec-websocket-extensions');
+    const incarnation = req.getHeader('crowd-incarnation');
     if (this.stopped) {
       res.writeStatus('503 Service Unavailable').end('replication refused: this node is stopping', true);
       return;
@@ -137,7 +146,7 @@ export class Leader {
       res.writeStatus('409 Conflict').end(`replication refused: node_id "${nodeId}" is this node's own`, true);
       return;
     }
-    const session: Session = { nodeId, remote, nonce: checked.nonce, next: 0, wanting: false, sent: [], inFlight: 0, flushed: 0, claimed: 0, proven: 0, lastHeard: Date.now(), closed: false };
+    const session: Session = { nodeId, incarnation: isIncarnation(incarnation) ? incarnation : null, remote, nonce: checked.nonce, next: 0, wanting: false, sent: [], inFlight: 0, flushed: 0, claimed: 0, proven: 0, lastHeard: Date.now(), closed: false };
     res.upgrade({ session }, key, protocol, extensions, context as never);
   }
 
@@ -147,7 +156,10 @@ export class Leader {
     const log = this.deps.log;
     const hello: Hello = { t: 'hello', node_id: this.deps.nodeId, incarnation: log.incarnation, first: log.firstOffset(), durable: log.durableOffset(), proof: leaderProof(this.deps.secret, this.deps.nodeId, log.incarnation, session.nonce) };
     ws.send(JSON.stringify(hello));
+    // Right away (then every second): a node that comes back learns at once how far its takers got.
+    ws.send(this.progressText());
     this.deps.logger.info({ event: 'follower_connected', node_id: session.nodeId, remote: session.remote }, `peer ${session.nodeId} (${session.remote}) follows this log`);
+    this.deps.onFollowers();
   }
 
   private message(ws: Ws, message: ArrayBuffer, isBinary: boolean): void {
@@ -289,6 +301,8 @@ export class Leader {
   private progressText(): string {
     const log = this.deps.log;
     const progress: Progress = { t: 'progress', first: log.firstOffset(), durable: log.durableOffset(), finished: this.deps.finished() };
+    const taken = this.deps.taken();
+    if (taken.length > 0) progress.taken = taken;
     return JSON.stringify(progress);
   }
 
@@ -309,7 +323,7 @@ export class Leader {
     const now = Date.now();
     for (const [ws, s] of this.sessions) {
       if (s.closed) continue;
-      const v: FollowerView = { node_id: s.nodeId, remote: s.remote, flushed_offset: s.flushed, in_flight_bytes: s.inFlight, buffered_bytes: ws.getBufferedAmount(), last_heard: s.lastHeard, live: s.wanting && now - s.lastHeard <= LIVE_MS };
+      const v: FollowerView = { node_id: s.nodeId, remote: s.remote, flushed_offset: s.flushed, in_flight_bytes: s.inFlight, buffered_bytes: ws.getBufferedAmount(), last_heard: s.lastHeard, incarnation: s.incarnation, live: s.wanting && now - s.lastHeard <= LIVE_MS };
       const had = byNode.get(s.nodeId);
       if (!had || had.flushed_offset < v.flushed_offset) byNode.set(s.nodeId, v);
     }

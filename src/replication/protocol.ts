@@ -2,7 +2,8 @@
  * The peer protocol on /_crowd/replicate (one WebSocket per (follower, leader) pair; the
  * follower connects to the leader's ingest port).
  *
- * Upgrade request headers: `Crowd-Node-Id` (the follower's node_id) and
+ * Upgrade request headers: `Crowd-Node-Id` (the follower's node_id), `Crowd-Incarnation`
+ * (the follower's own log: a leader delivering that log hands it back at once) and
  * `Crowd-Auth: v1 <unix ms> <nonce> <mac>`, mac = HMAC-SHA256(cluster.secret,
  * "crowd-follow\n<node_id>\n<unix ms>\n<nonce>") in hex: the secret itself never crosses the
  * network. The leader refuses with 401 a wrong mac, a time more than a minute off its clock
@@ -12,7 +13,10 @@
  *
  * Text frames (JSON):
  *   leader -> follower  {"t":"hello","node_id","incarnation","first","durable"}
- *                       {"t":"progress","first","durable","finished":{target: offset}}   about every second
+ *                       {"t":"progress","first","durable","finished":{target: offset},
+ *                        "taken":[{"origin","incarnation","delivering","finished"}]}   about every second
+ *                       (taken: other nodes' logs this leader delivers or delivered, and how far:
+ *                        the origin starts from there when it comes back, see takeover.ts)
  *   follower -> leader  {"t":"want","incarnation","from"}     from which offset it needs the log
  *                                                            (not a flushed report)
  *                       {"t":"flushed","incarnation","offset"}  the highest offset it has flushed
@@ -81,7 +85,21 @@ export interface Progress {
   first: number;
   durable: number;
   finished: Record<string, number>;
+  taken?: TakenReport[];
 }
+
+/** A log of another node that the sender delivers (or delivered) from its replica. */
+export interface TakenReport {
+  origin: string;
+  incarnation: string;
+  /** Whether the sender delivers it now (false: it handed it back, or finished an orphan). */
+  delivering: boolean;
+  /** Per target: the offset below which the sender delivered or dead-lettered everything. */
+  finished: Record<string, number>;
+}
+
+/** Taken reports one progress message carries at most. */
+export const TAKEN_MAX = 256;
 
 export interface Want {
   t: 'want';
@@ -135,7 +153,7 @@ const isId = (v: unknown): v is string => typeof v === 'string' && /^[\x21-\x7e]
 /** A node_id as the config allows it (so an (origin, incarnation) pair names one replica only). */
 const isNodeId = (v: unknown): v is string => typeof v === 'string' && NAME.test(v);
 /** An incarnation: hex, as Log mints it. */
-const isIncarnation = (v: unknown): v is string => typeof v === 'string' && /^[0-9a-f]{1,64}$/.test(v);
+export const isIncarnation = (v: unknown): v is string => typeof v === 'string' && /^[0-9a-f]{1,64}$/.test(v);
 
 /** A text frame's JSON object, or what is wrong with it. */
 function jsonObject(text: string): Record<string, unknown> | string {
@@ -160,6 +178,15 @@ export function parseLeaderMessage(text: string): Hello | Progress | string {
   if (m.t === 'progress') {
     if (!isOffset(m.first) || !isOffset(m.durable) || m.finished === null || typeof m.finished !== 'object') return 'progress lacks first, durable or finished';
     for (const v of Object.values(m.finished as object)) if (!isOffset(v)) return 'progress has a finished offset that is not an offset';
+    if (m.taken !== undefined) {
+      if (!Array.isArray(m.taken) || m.taken.length > TAKEN_MAX) return `progress has taken that is not a list of at most ${TAKEN_MAX}`;
+      for (const r of m.taken as Record<string, unknown>[]) {
+        if (r === null || typeof r !== 'object' || !isNodeId(r.origin) || !isIncarnation(r.incarnation) || typeof r.delivering !== 'boolean' || r.finished === null || typeof r.finished !== 'object') {
+          return 'progress has a taken report without origin, incarnation, delivering or finished';
+        }
+        for (const v of Object.values(r.finished as object)) if (!isOffset(v)) return 'progress has a taken finished offset that is not an offset';
+      }
+    }
     return m as unknown as Progress;
   }
   return `unknown message type ${quoteType(m.t)}`;

@@ -11,6 +11,8 @@ import type { QuorumGate } from '../http/ingest';
 import type { TemplatedApp } from '../http/uws';
 import { Leader, LIVE_MS, type FollowerView } from './leader';
 import { PeerLink, type LinkView } from './follower';
+import type { Progress, TakenReport } from './protocol';
+import type { ClusterView } from './takeover';
 
 const TICK_MS = 1000;
 
@@ -48,7 +50,16 @@ export interface ReplicatorDeps {
   readonly finished: () => Record<string, number>;
 }
 
-export class Replicator implements QuorumGate {
+export class Replicator implements QuorumGate, ClusterView {
+  /** Other nodes' logs this node delivers or delivered (set by the takeover). */
+  taken: () => TakenReport[] = () => [];
+  /** A peer connected or reported: takeover looks again (set by the takeover). */
+  onPeer: () => void = () => {};
+  /** Taken reports by (origin/incarnation), then by reporting node. */
+  private readonly reportsBy = new Map<string, Map<string, TakenReport>>();
+  /** Peers (node_id) that sent a progress message since this node started. */
+  private readonly progressFrom = new Set<string>();
+  private linksStarted = false;
   private readonly leader: Leader;
   private readonly links: PeerLink[];
   private readonly waiters: Waiter[] = [];
@@ -74,13 +85,15 @@ export class Replicator implements QuorumGate {
       secret,
       logger,
       finished: deps.finished,
+      taken: () => this.taken(),
+      onFollowers: () => this.onPeer(),
       onAuthFailure: (remote, why) => {
         this.authFailures.inc();
         logger.warn({ event: 'peer_unauthorized', remote, reason: why }, `replication refused to ${remote}: ${why} (cluster.secret)`);
       },
       onFlushed: () => this.settleSoon(),
     });
-    this.links = config.cluster.peers.map((url) => new PeerLink(url, { log, nodeId: config.node_id, secret, logger, onGap: (origin, from, to) => this.gap(origin, from, to), claim: (id, link) => this.claim(id, link) }));
+    this.links = config.cluster.peers.map((url) => new PeerLink(url, { log, nodeId: config.node_id, secret, logger, onGap: (origin, from, to) => this.gap(origin, from, to), claim: (id, link) => this.claim(id, link), onProgress: (id, m) => this.progress(id, m) }));
     const registers = [deps.registry];
     this.quorumWait = new Histogram({ name: 'crowd_quorum_wait_seconds', help: 'From the local flush to the quorum (cluster.ack = "quorum").', buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers });
     this.quorumTimeouts = new Counter({ name: 'crowd_quorum_timeouts_total', help: 'Requests answered 503 because the quorum was not reached within cluster.ack_timeout (stored here all the same).', registers });
@@ -126,9 +139,16 @@ export class Replicator implements QuorumGate {
     this.leader.attach(app);
   }
 
+  /** Connects to the peers (before delivery starts: their reports say how far takers got). */
+  startLinks(): void {
+    if (this.linksStarted) return;
+    this.linksStarted = true;
+    for (const l of this.links) l.start();
+  }
+
   start(): void {
     this.deps.log.onDurable(() => this.leader.onDurable());
-    for (const l of this.links) l.start();
+    this.startLinks();
     this.tickTimer = setInterval(() => {
       this.leader.tick();
       for (const l of this.links) l.check();
@@ -148,6 +168,80 @@ export class Replicator implements QuorumGate {
   private gap(origin: string, from: number, to: number): void {
     this.gaps.inc({ origin });
     this.deps.logger.warn({ event: 'replication_gap', origin, from, to }, `replica of ${origin}: offsets ${from}..${to} were removed by its retention before they reached this node (every target had passed them)`);
+  }
+
+  private progress(nodeId: string, m: Progress): void {
+    const first = !this.progressFrom.has(nodeId);
+    this.progressFrom.add(nodeId);
+    // What that node said last replaces what it said before (a log it no longer reports is done with).
+    for (const [key, by] of this.reportsBy) {
+      by.delete(nodeId);
+      if (by.size === 0) this.reportsBy.delete(key);
+    }
+    for (const r of m.taken ?? []) {
+      const key = `${r.origin}/${r.incarnation}`;
+      let by = this.reportsBy.get(key);
+      if (!by) this.reportsBy.set(key, (by = new Map()));
+      by.set(nodeId, r);
+    }
+    if (first || (m.taken?.length ?? 0) > 0) this.onPeer();
+  }
+
+  // ClusterView
+
+  heard(): ReadonlyMap<string, number> {
+    return this.seen().heard;
+  }
+
+  incarnations(): ReadonlyMap<string, string> {
+    return this.seen().incarnations;
+  }
+
+  reports(origin: string, incarnation: string): readonly TakenReport[] {
+    return [...(this.reportsBy.get(`${origin}/${incarnation}`)?.values() ?? [])];
+  }
+
+  /** Per peer node: when last heard over either connection, and its incarnation as said most recently. */
+  private seen(): { heard: Map<string, number>; incarnations: Map<string, string> } {
+    const heard = new Map<string, number>();
+    const incarnations = new Map<string, string>();
+    const said = new Map<string, number>();
+    const note = (node: string, at: number | null, incarnation: string | null): void => {
+      if (at === null) return;
+      heard.set(node, Math.max(heard.get(node) ?? 0, at));
+      if (incarnation !== null && at >= (said.get(node) ?? -1)) {
+        said.set(node, at);
+        incarnations.set(node, incarnation);
+      }
+    };
+    for (const l of this.links) {
+      const v = l.view();
+      if (v.node_id !== null) note(v.node_id, v.last_heard, v.incarnation);
+    }
+    for (const f of this.leader.followers()) note(f.node_id, f.last_heard, f.incarnation);
+    return { heard, incarnations };
+  }
+
+  /**
+   * Resolves once every peer that can be reached sent its progress (with its reports on this
+   * node's log) and none still delivers `incarnation` of this node's log, or after `boundMs`.
+   * Returns the reports on that log.
+   */
+  async waitForReports(incarnation: string, boundMs: number): Promise<{ reports: TakenReport[]; waitedMs: number; complete: boolean }> {
+    const started = Date.now();
+    const self = this.deps.config.node_id;
+    for (;;) {
+      const reports = this.reports(self, incarnation);
+      const pending = this.links.filter((l) => {
+        const v = l.view();
+        if (v.state === 'down' || v.state === 'refused' || v.state === 'unauthorized') return false;
+        return v.node_id === null || !this.progressFrom.has(v.node_id);
+      });
+      const complete = pending.length === 0 && !reports.some((r) => r.delivering);
+      const waitedMs = Date.now() - started;
+      if (complete || waitedMs >= boundMs) return { reports: [...reports], waitedMs, complete };
+      await new Promise((r) => setTimeout(r, 50));
+    }
   }
 
   // QuorumGate

@@ -27,7 +27,7 @@ export interface ClusterOptions {
   ackTimeout?: string;
   /** Extra config merged into every node's (routes, targets...). */
   config?: Record<string, any>;
-  /** Per-node overrides (by index). */
+  /** Per-node overrides (by index); `config` is merged over the shared config. */
   perNode?: (i: number) => Partial<CrowdOptions> & { cluster?: Record<string, any> };
   /**
    * Builds node `i` from the options the cluster chose for it (default: `new Crowd(options)`),
@@ -50,11 +50,12 @@ export class Cluster {
       c.ids.push(id);
       const over = o.perNode?.(i) ?? {};
       const peers = c.ports.filter((_, j) => j !== i).map((p) => `http://127.0.0.1:${p}`);
-      const { cluster, ...options } = over;
+      const { cluster, config: own, ...options } = over;
       const nodeOptions: CrowdOptions = {
         ...options,
         config: {
           ...(o.config ?? {}),
+          ...(own ?? {}),
           node_id: id,
           server: { ...(o.config?.server ?? {}), host: '127.0.0.1', port: c.ports[i] },
           cluster: { peers, secret: SECRET, ack: o.ack ?? 'quorum', ...(o.minInsync ? { min_insync: o.minInsync } : {}), ...(o.ackTimeout ? { ack_timeout: o.ackTimeout } : {}), ...(cluster ?? {}) },

@@ -108,7 +108,7 @@ t.test('the local log is a delivery source as it is', async (t) => {
   t.equal(source.durableOffset(), 0);
 });
 
-t.test('a replica is delivered once, in order; the offsets go under target@origin', async (t) => {
+t.test('a replica is delivered once, in order; the offsets go under target@origin/incarnation', async (t) => {
   const log = await openLog();
   t.teardown(() => log.close());
   const replica = log.replica(ORIGIN, 'inc-1', true)!;
@@ -138,7 +138,7 @@ t.test('a replica is delivered once, in order; the offsets go under target@origi
   t.same(c.sink.offsets().slice(10), [11, 12], 'entries flushed later are delivered too');
   await c.commit();
 
-  t.equal(log.delivery.offset('api@peer-a'), 12, 'offset stored under target@origin');
+  t.equal(log.delivery.offset('api@peer-a/inc-1'), 12, 'offset stored under target@origin/incarnation');
   t.equal(log.delivery.hasOffset('api'), false, 'nothing stored under the local target name');
   t.same(c.consumer.status().delivered, 12);
   await c.consumer.stop(0);
@@ -187,10 +187,10 @@ t.test('a target starts at the origin finished offset, and local and replica con
     'the replica consumer sent the replica entries after the finished offset',
   );
   t.equal(log.delivery.offset('api'), 3, 'local offset under the target name');
-  t.equal(log.delivery.offset('api@peer-a'), 12, 'replica offset under target@origin');
-  t.same(log.delivery.retryIndex('api@peer-a').map((r) => r.offset), [7], 'the retry is parked under target@origin');
+  t.equal(log.delivery.offset('api@peer-a/inc-1'), 12, 'replica offset under target@origin/incarnation');
+  t.same(log.delivery.retryIndex('api@peer-a/inc-1').map((r) => r.offset), [7], 'the retry is parked under target@origin/incarnation');
   t.same(log.delivery.retryIndex('api'), [], 'and not under the target');
-  t.same(log.delivery.deadOffsets('api@peer-a', 0), [9], 'the dead letter is under target@origin');
+  t.same(log.delivery.deadOffsets('api@peer-a/inc-1', 0), [9], 'the dead letter is under target@origin/incarnation');
   t.equal(log.delivery.deadCount('api'), 0, 'and not under the target');
   t.same(
     source.delivery.deadLetters('api', 0, 10).map((d) => d.offset),
@@ -200,11 +200,11 @@ t.test('a target starts at the origin finished offset, and local and replica con
   const f = remote.consumer.status();
   t.equal(f.accepted, f.delivered + f.dead_letters + f.purged + f.lag, `accepted ${f.accepted} = delivered ${f.delivered} + dead ${f.dead_letters} + purged ${f.purged} + lag ${f.lag}`);
 
-  // Replaying the dead letter through the source moves it back under target@origin.
+  // Replaying the dead letter through the source moves it back under target@origin/incarnation.
   const moved = await source.delivery.replayDead('api', null, 10, 1_000_000);
   t.same(moved.map((m) => m.offset), [9]);
-  t.same(log.delivery.retryIndex('api@peer-a').map((r) => r.offset), [7, 9]);
-  t.equal(log.delivery.deadCount('api@peer-a'), 0);
+  t.same(log.delivery.retryIndex('api@peer-a/inc-1').map((r) => r.offset), [7, 9]);
+  t.equal(log.delivery.deadCount('api@peer-a/inc-1'), 0);
   await local.consumer.stop(0);
   await remote.consumer.stop(0);
 });
@@ -219,12 +219,12 @@ t.test('trimBelow keeps what a consumer has not passed and what is pinned', asyn
   t.equal(await replica.trimBelow(100), 0, 'nothing passed yet: nothing removed');
   t.equal(source.firstOffset(), 1);
 
-  await log.delivery.setOffset('api@peer-a', 5);
+  await log.delivery.setOffset('api@peer-a/inc-1', 5);
   t.equal(await replica.trimBelow(100), 2, 'the records every consumer passed go');
   t.equal(source.firstOffset(), 6);
   t.same(source.read(1, 100).map((e) => e.offset), [6, 7, 8, 9, 10, 11, 12], 'the rest is still read');
 
-  await log.delivery.setOffset('api@peer-a', 12);
+  await log.delivery.setOffset('api@peer-a/inc-1', 12);
   const unpin = source.pin(7);
   t.equal(await replica.trimBelow(100), 0, 'a pin keeps the record holding it');
   t.equal(source.firstOffset(), 6);
@@ -247,7 +247,7 @@ t.test('trimBelow keeps what a consumer has not passed and what is pinned', asyn
   await replica.setFinished({ api: 12 });
 
   // Closed: the source no longer holds the replica.
-  await log.delivery.setOffset('api@peer-a', 10);
+  await log.delivery.setOffset('api@peer-a/inc-1', 10);
   t.equal(await replica.trimBelow(100), 0, 'the consumer has not passed 11-12');
   source.close();
   t.equal(await replica.trimBelow(100), 1, 'after close, the origin retention alone decides');
@@ -298,7 +298,7 @@ t.test('countRoutes, offsetAtTime and the lag meter read the replica', async (t)
 
   const m2 = source.lagMeter(0);
   source.measureLag(m2, total * 2);
-  await log.delivery.setOffset('api@peer-a', 4);
+  await log.delivery.setOffset('api@peer-a/inc-1', 4);
   await replica.trimBelow(100);
   t.equal(source.measureLag(m2, total * 2), 4, 'trimmed records leave the meter');
   t.equal(m2.bytes, total + record(11, 1).length - 8 - sizes[0]!);
