@@ -297,7 +297,9 @@ export class CrowdNode {
   /** The 503 text while the log is over log.max_bytes. */
   private fullText(): string {
     this.reportFull();
-    return `the log is over log.max_bytes (${formatBytes(this.opts.config.log.max_bytes)}); ${this.holders().brief}; retry later`;
+    const replicas = this.takeover?.heldBytes() ?? 0;
+    const also = replicas > 0 ? `; ${formatBytes(replicas)} of it are peers' logs this node delivers (a takeover)` : '';
+    return `the log is over log.max_bytes (${formatBytes(this.opts.config.log.max_bytes)}); ${this.holders().brief}${also}; retry later`;
   }
 
   /** A warn line when the log becomes full (or its holders change), an info line when it is not any more. */

@@ -6,7 +6,7 @@ import t from 'tap';
 import { rmSync } from 'node:fs';
 import { request } from '../helpers/http';
 import { Upstream, waitFor } from '../helpers/upstream';
-import { Cluster, status } from '../helpers/cluster';
+import { Cluster, status, tailReplica } from '../helpers/cluster';
 import { runCli, type Crowd } from '../helpers/crowd';
 
 const TAKEOVER_AFTER_MS = 2000;
@@ -170,4 +170,42 @@ t.test('a wiped node: its old log is delivered to its end by a survivor, then re
   t.pass('the orphaned replica was removed after it was delivered');
   const counts = receivedIds(upstream);
   t.same([...acked, ...fresh].filter((id) => !counts.has(id)), [], 'nothing acknowledged is missing');
+});
+
+t.test('a replica being delivered counts against log.max_bytes: the taker refuses new ingest (503) rather than drop it', async (t) => {
+  // The upstream refuses everything: the backlog stays.
+  const upstream = await Upstream.start(0, () => ({ status: 503 }));
+  t.teardown(() => upstream.close());
+  const c = await Cluster.create({
+    ack: 'quorum',
+    config: clusterConfig(upstream, { log: { max_bytes: '1MiB' } }),
+    perNode: () => ({ cluster: { takeover_after: `${TAKEOVER_AFTER_MS}ms` } }),
+  });
+  t.teardown(() => c.stop());
+  await c.start();
+  const [a, b, cc] = c.nodes as [Crowd, Crowd, Crowd];
+  await waitFor(async () => (await status(a)).peers.every((p: any) => p.state === 'connected' && p.flushed_offset !== null), 10_000, 'a sees both peers');
+  const body = 'x'.repeat(10 * 1024);
+  const codes: number[] = [];
+  for (let i = 0; i < 70; i++) codes.push((await request(a.url('/leads'), { body })).status);
+  t.same(new Set(codes), new Set([200]), '70 requests of 10 KiB acknowledged by a (quorum)');
+  await a.kill9();
+  let taker: Crowd | null = null;
+  await waitFor(async () => {
+    for (const n of [b, cc]) if ((await replicaOf(n, 'a'))?.delivered_by === 'this node') taker = n;
+    return taker !== null;
+  }, 15_000, 'a peer takes over');
+  const tk = taker as unknown as Crowd;
+  // 70 x 10 KiB of a's log are held for delivery here; 40 more of its own would pass 1 MiB.
+  let refused: { status: number; body: string } | null = null;
+  let accepted = 0;
+  for (let i = 0; i < 40 && !refused; i++) {
+    const r = await request(tk.url('/leads'), { body });
+    if (r.status === 200) accepted++;
+    else refused = r;
+  }
+  t.ok(refused !== null, `the taker refused new ingest after ${accepted} requests of its own`);
+  t.equal(refused?.status, 503);
+  t.match(JSON.parse(refused?.body ?? '{}').error, /over log\.max_bytes.*peers' logs this node delivers/, 'the 503 says the quota holds a peer\'s log');
+  t.equal((await tailReplica(tk, 'a')).length, 70, 'the replica is kept whole');
 });
