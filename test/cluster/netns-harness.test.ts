@@ -162,10 +162,12 @@ t.test('a lab outlives no process: uncaught exception, SIGTERM, SIGKILL and the 
   const c = await killed.first;
   killed.proc.kill('SIGKILL');
   await killed.exited;
-  t.ok(leftovers(c.id).length > 0, `SIGKILL: lab ${c.id} left behind (nothing runs on SIGKILL)`);
-  t.ok(running(c.inner), 'with its process still running in the namespace');
+  // Nothing of the child runs on SIGKILL: only a sweep removes its lab, this one or that of
+  // a test file running beside this one (every NetLab.create sweeps), whichever comes first.
+  const left = leftovers(c.id);
+  t.comment(`SIGKILL left ${left.join(', ') || 'nothing: another sweep came first'}`);
   const swept = await NetLab.sweep();
-  t.ok(swept.includes(c.id), `the sweep removed it (swept ${swept.join(', ')})`);
-  t.same(leftovers(c.id), [], `lab ${c.id} gone`);
+  t.comment(`swept: ${swept.join(', ') || 'nothing'}`);
+  t.same(leftovers(c.id), [], `SIGKILL: lab ${c.id} gone after the sweep`);
   await waitFor(() => !running(c.inner), 5000, 'the sweep to end the process in the namespace');
 });
