@@ -4,8 +4,8 @@ NPM ?= npm
 # Debian packages the tests and benchmarks use (promtool comes with prometheus; redis-server
 # and nats-server are the ingest benchmark's comparison systems, bench/baselines/; gcc and
 # libc6-dev build the power-cut shim; openssl makes a test certificate; util-linux has flock,
-# unshare and prlimit).
-DEB_PACKAGES := strace wrk prometheus curl redis-server nats-server gcc libc6-dev openssl util-linux
+# unshare and prlimit; iproute2 has ip and tc, for the cluster tests' network namespaces).
+DEB_PACKAGES := strace wrk prometheus curl redis-server nats-server gcc libc6-dev openssl util-linux iproute2
 
 .PHONY: help install deps build run test bench bench-full bench-drain clean
 
@@ -22,9 +22,9 @@ dist/.built: node_modules/.installed tsconfig.json $(shell find src test bench -
 
 install: node_modules/.installed dist/.built ## install npm packages and compile TypeScript
 
-deps: ## install the Debian packages tests and benchmarks need (strace, wrk, promtool, redis, nats, gcc, openssl)
+deps: ## install the Debian packages tests and benchmarks need (strace, wrk, promtool, redis, nats, gcc, openssl, iproute2)
 	@missing=""; \
-	for c in strace:strace wrk:wrk promtool:prometheus curl:curl redis-server:redis-server redis-benchmark:redis-tools nats-server:nats-server gcc:gcc openssl:openssl flock:util-linux unshare:util-linux prlimit:util-linux; do \
+	for c in strace:strace wrk:wrk promtool:prometheus curl:curl redis-server:redis-server redis-benchmark:redis-tools nats-server:nats-server gcc:gcc openssl:openssl flock:util-linux unshare:util-linux prlimit:util-linux ip:iproute2 tc:iproute2; do \
 	  PATH="$$PATH:/usr/sbin:/sbin" command -v $${c%%:*} >/dev/null || missing="$$missing $${c##*:}"; \
 	done; \
 	[ -e /usr/include/stdio.h ] || missing="$$missing libc6-dev"; \

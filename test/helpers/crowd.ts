@@ -5,6 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -38,6 +39,9 @@ export class Crowd {
   port = 0;
   adminPort = 0;
   proc: ChildProcess | null = null;
+  /** Where url() and adminUrl() connect: the configured address, or loopback for a wildcard or name. */
+  readonly host: string;
+  readonly adminHost: string;
   private exited: Promise<ExitInfo> | null = null;
   private readonly opts: CrowdOptions;
 
@@ -48,6 +52,8 @@ export class Crowd {
     config.server = { host: '127.0.0.1', port: 0, ...(config.server ?? {}) };
     config.admin = { host: '127.0.0.1', port: 0, ...(config.admin ?? {}) };
     config.log = { dir: join(this.dir, 'data'), ...(config.log ?? {}) };
+    this.host = connectHost(config.server.host);
+    this.adminHost = connectHost(config.admin.host);
     config.node_id ??= 'test-node';
     config.routes ??= [{ name: 'leads', path: '/leads' }];
     this.configFile = join(this.dir, 'crowd.json');
@@ -59,11 +65,11 @@ export class Crowd {
   }
 
   url(path: string): string {
-    return `http://127.0.0.1:${this.port}${path}`;
+    return `http://${this.host}:${this.port}${path}`;
   }
 
   adminUrl(path: string): string {
-    return `http://127.0.0.1:${this.adminPort}${path}`;
+    return `http://${this.adminHost}:${this.adminPort}${path}`;
   }
 
   /** Spawns crowd and resolves once it logged "listening" (rejects if it exits first). */
@@ -131,6 +137,18 @@ export class Crowd {
   async stop(): Promise<void> {
     if (this.proc && this.proc.exitCode === null && this.proc.signalCode === null) await this.kill9();
   }
+}
+
+/**
+ * The URL host that reaches a listener bound to `host`: the address itself when it is a
+ * specific IP (e.g. a network namespace's, see netns.ts), 127.0.0.1 for 0.0.0.0, :: or a name.
+ */
+function connectHost(host: unknown): string {
+  if (typeof host !== 'string' || host === '0.0.0.0' || host === '::') return '127.0.0.1';
+  const family = isIP(host);
+  if (family === 4) return host;
+  if (family === 6) return `[${host}]`;
+  return '127.0.0.1';
 }
 
 /** Runs `bin/crowd <args>` to completion. */
