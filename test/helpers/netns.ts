@@ -464,6 +464,21 @@ export class NetLab {
   }
 
   /**
+   * Cuts two namespaces from each other only (a blackhole route to the other's address on
+   * each side): both still reach everyone else.
+   */
+  async cut(x: string, y: string): Promise<void> {
+    must([IP!, '-n', this.ns(x), 'route', 'replace', 'blackhole', `${this.ip(y)}/32`]);
+    must([IP!, '-n', this.ns(y), 'route', 'replace', 'blackhole', `${this.ip(x)}/32`]);
+  }
+
+  /** Undoes cut(). */
+  async uncut(x: string, y: string): Promise<void> {
+    must([IP!, '-n', this.ns(x), 'route', 'del', 'blackhole', `${this.ip(y)}/32`]);
+    must([IP!, '-n', this.ns(y), 'route', 'del', 'blackhole', `${this.ip(x)}/32`]);
+  }
+
+  /**
    * Shapes what a namespace sends with netem, e.g. 'loss 20% delay 30ms 10ms'; null removes
    * it. See NetLab.netemAvailable().
    */
