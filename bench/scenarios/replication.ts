@@ -96,6 +96,8 @@ interface TakeoverResult {
     taker_target: TargetJson | null;
     /** The taker's takeover_start log line (where it started), when still in its output tail. */
     takeover_start: unknown;
+    /** From that line's time to the upstream's first request (the taker counts the backlog first). */
+    takeover_start_to_first_delivery_ms: number | null;
   };
   ratio: number;
   /** Local CPU µs per request over the taker's: above 1, the taker spends less per request. */
@@ -192,9 +194,10 @@ async function measureTakeover(dir: string, count: number): Promise<TakeoverResu
         const cpu0 = cpuSeconds(node.pid);
         progress(`takeover: local drain of ${count} requests`);
         await until('takeover: the local drain (lag 0)', drainBoundMs, [node, upstream], async () => {
-          const t = (await crowdStatus(node)).targets[0]!;
-          why = `lag ${t.lag}, ${t.delivered} delivered, target ${t.state}`;
-          return t.lag === 0 ? t : null;
+          const s = await crowdStatus(node);
+          const t = s.targets[0]!;
+          why = `lag ${t.lag}, offset ${t.offset} of ${s.log.last_offset}, ${t.delivered} delivered, target ${t.state}`;
+          return t.state !== 'starting' && t.lag === 0 && t.offset >= s.log.last_offset ? t : null;
         }, () => why);
         const cpu = minus(cpuSeconds(node.pid), cpu0);
         local = { ...drainRun(await noopStats(upstream), startAt, cpu), load: l };
@@ -266,13 +269,16 @@ async function measureTakeover(dir: string, count: number): Promise<TakeoverResu
         const s = await adminJson<ClusterStatusJson>(taker, '/status');
         last = s.cluster.replicas.filter((x) => x.origin === 'a').at(-1) ?? null;
         const t = last?.targets?.[0];
-        why = t ? `lag ${t.lag}, ${t.delivered} delivered, target ${t.state}` : `no target in ${JSON.stringify(last)}`;
-        return t && t.lag === 0 ? t : null;
+        why = t ? `lag ${t.lag}, offset ${t.offset} of ${last!.flushed_offset}, ${t.delivered} delivered, target ${t.state}` : `no target in ${JSON.stringify(last)}`;
+        // Lag alone is not enough: it reads 0 while the target is "starting" (counting the backlog).
+        return t && t.state !== 'starting' && t.lag === 0 && t.offset >= last!.flushed_offset ? t : null;
       }, () => why);
       const cpu = minus(cpuSeconds(taker.pid), cpuBefore[taker === b ? 0 : 1]!);
       const run = drainRun(await noopStats(upstream), killedAt, cpu);
       const startLine = taker.tail.find((x) => x.includes('"event":"takeover_start"'));
       const takerTarget = (last as ReplicaJson | null)?.targets?.[0] ?? null;
+      const started = startLine ? (JSON.parse(startLine) as { time?: string }) : null;
+      const startedAt = started?.time ? Date.parse(started.time) : NaN;
       if (run.received < count - deliveredByA) throw new Error(`takeover: the upstream answered ${run.received} requests from the taker, expected at least ${count - deliveredByA}`);
       const takeover: TakeoverResult['takeover'] = {
         ...run,
@@ -280,7 +286,8 @@ async function measureTakeover(dir: string, count: number): Promise<TakeoverResu
         taker: takerId,
         delivered_by_a: deliveredByA,
         taker_target: takerTarget,
-        takeover_start: startLine ? (JSON.parse(startLine) as unknown) : null,
+        takeover_start: started,
+        takeover_start_to_first_delivery_ms: Number.isFinite(startedAt) ? run.start_at + run.first_delivery_ms - startedAt : null,
       };
       progress(`takeover: first delivery by ${takerId} ${run.first_delivery_ms} ms after the kill; ${run.received} delivered at ${run.msg_per_s.toFixed(0)} msg/s`);
       const cpuRatio = local.cpu_us_per_msg === null || run.cpu_us_per_msg === null ? null : local.cpu_us_per_msg / run.cpu_us_per_msg;
