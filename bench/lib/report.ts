@@ -62,12 +62,13 @@ function mdTable(rows: readonly (readonly string[])[]): string {
 
 export function printResult(r: ScenarioResult): string {
   const goals = r.goals.map((g) => `  ${g.met ? 'MET  ' : 'NOT MET'} ${g.name}: ${g.measured} (goal ${g.target})${g.note ? ` — ${g.note}` : ''}`);
-  return [`== ${r.scenario}: ${r.title}`, r.method, '', textTable(r.table), '', ...(goals.length ? ['goals:', ...goals] : [])].join('\n');
+  const more = (r.tables ?? []).flatMap((t) => [`${t.title}:`, textTable(t.table), '']);
+  return [`== ${r.scenario}: ${r.title}`, r.method, '', textTable(r.table), '', ...more, ...(goals.length ? ['goals:', ...goals] : [])].join('\n');
 }
 
 export function writeScenario(r: ScenarioResult, full: boolean): void {
   mkdirSync(RESULTS_DIR, { recursive: true });
-  writeFileSync(join(RESULTS_DIR, `${r.scenario}.json`), JSON.stringify({ benchmark: r.scenario, mode: full ? 'full' : 'quick', ...provenance(), title: r.title, method: r.method, params: r.params, table: r.table, goals: r.goals, data: r.data }, null, 2) + '\n');
+  writeFileSync(join(RESULTS_DIR, `${r.scenario}.json`), JSON.stringify({ benchmark: r.scenario, mode: full ? 'full' : 'quick', ...provenance(), title: r.title, method: r.method, params: r.params, table: r.table, ...(r.tables ? { tables: r.tables } : {}), goals: r.goals, data: r.data }, null, 2) + '\n');
   if (r.charts.length > 0) writeFileSync(join(RESULTS_DIR, `${r.scenario}.svg`), svg(r.title, r.charts));
 }
 
@@ -88,6 +89,7 @@ export function writeSummary(results: readonly ScenarioResult[], full: boolean, 
   ];
   for (const r of results) {
     lines.push(`## ${r.scenario}: ${r.title}`, '', r.method, '', mdTable(r.table), '');
+    for (const t of r.tables ?? []) lines.push(`${t.title}:`, '', mdTable(t.table), '');
     if (r.charts.length > 0) lines.push(`![${r.scenario}](${r.scenario}.svg)`, '');
   }
   const text = lines.join('\n');

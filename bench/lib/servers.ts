@@ -21,6 +21,35 @@ export async function startNoop(opts: { port?: number; count?: boolean } = {}): 
   return server;
 }
 
+/** What the counting no-op server (`startNoop({ count: true })`) answered: wall-clock ms of its first and last answer, null before any. */
+export interface NoopStats {
+  count: number;
+  first_at: number | null;
+  last_at: number | null;
+}
+
+/** Asks a counting no-op server for its figures ("stats" on its stdin). */
+export async function noopStats(noop: Child): Promise<NoopStats> {
+  let stats: NoopStats | null = null;
+  const got = noop.waitFor(
+    (line) => {
+      if (!line.startsWith('{"count"')) return false;
+      stats = JSON.parse(line) as NoopStats;
+      return true;
+    },
+    5_000,
+    'answer "stats"',
+  );
+  noop.proc.stdin!.write('stats\n');
+  await got;
+  return stats!;
+}
+
+/** Sets a counting no-op server's figures back to zero. */
+export function noopReset(noop: Child): void {
+  noop.proc.stdin!.write('reset\n');
+}
+
 /**
  * Starts `bin/crowd start` on a JSON config in `dir` (ports 0; the config tree is merged over
  * a default of one route /leads without targets). Resolves once it logged "listening".

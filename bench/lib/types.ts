@@ -41,6 +41,8 @@ export interface ScenarioResult {
   readonly params: Record<string, unknown>;
   /** The table printed and written to the summary: a header row, then rows. */
   readonly table: readonly (readonly string[])[];
+  /** More tables after it, each with a title (a header row, then rows). */
+  readonly tables?: readonly { readonly title: string; readonly table: readonly (readonly string[])[] }[];
   readonly goals: readonly Goal[];
   readonly charts: readonly Chart[];
   /** Everything measured, for the JSON file. */

@@ -31,7 +31,7 @@ async function main(): Promise<number> {
   installCleanup();
   const t0 = Date.now();
   const r: ScenarioResult = await scenario.run({ full, dir: tempDir(`crowd-bench-${name}-`), earlier: new Map() });
-  process.stdout.write(`${JSON.stringify({ scenario: r.scenario, seconds: (Date.now() - t0) / 1000, table: r.table, goals: r.goals, shared: r.shared ?? {} }, null, 2)}\n`);
+  process.stdout.write(`${JSON.stringify({ scenario: r.scenario, seconds: (Date.now() - t0) / 1000, table: r.table, ...(r.tables ? { tables: r.tables } : {}), goals: r.goals, shared: r.shared ?? {} }, null, 2)}\n`);
   return 0;
 }
 
