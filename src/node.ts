@@ -40,6 +40,9 @@ const HOLDERS_CACHE_MS = 250;
 /** In log.dir: the pid and the ports this node listens on. */
 export const RUNTIME_FILE = 'crowd.runtime.json';
 
+/** Where the highest handback applied to a target is kept (target names cannot hold "@"). */
+const handbackKey = (target: string): string => `handback@${target}`;
+
 export type NodeState = 'starting' | 'ready' | 'draining' | 'stopped' | 'failed';
 
 export interface NodeOptions {
@@ -177,13 +180,21 @@ export class CrowdNode {
     const { logger } = this.opts;
     replicator.startLinks();
     const w = await replicator.waitForReports(log.incarnation, HANDBACK_WAIT_MS);
-    const ahead = reportedAhead(w.reports, (t) => (log.delivery.hasOffset(t) ? log.delivery.offset(t) : null), targets, log.durableOffset());
-    for (const [t, m] of Object.entries(ahead)) await log.delivery.setOffset(t, m.to);
-    const takers = w.reports.map((r) => `${r.delivering ? 'still delivering' : 'reported'} ${JSON.stringify(r.finished)}`);
+    // A report is applied once: later starts skip what an earlier one applied already, so a
+    // rewind (crowd replay) on this node is not undone by an old takeover's report.
+    const applied = (t: string): number => (log.delivery.hasOffset(handbackKey(t)) ? log.delivery.offset(handbackKey(t)) : 0);
+    const fresh = w.reports.map((r) => ({ ...r, finished: Object.fromEntries(Object.entries(r.finished).filter(([t, v]) => v > applied(t))) }));
+    const ahead = reportedAhead(fresh, (t) => (log.delivery.hasOffset(t) ? log.delivery.offset(t) : null), targets, log.durableOffset());
+    for (const [t, m] of Object.entries(ahead)) {
+      await log.delivery.setOffset(t, m.to);
+      await log.delivery.setOffset(handbackKey(t), m.to);
+    }
+    const takers = w.reports.filter((r) => Object.keys(r.finished).length > 0).map((r) => `${r.by} ${r.delivering ? 'still delivering' : 'reported'} ${JSON.stringify(r.finished)}`);
     if (Object.keys(ahead).length > 0 || !w.complete) {
-      logger.info(
+      const moved = Object.keys(ahead).length > 0;
+      logger[moved ? 'warn' : 'info'](
         { event: 'handback', waited_ms: w.waitedMs, complete: w.complete, moved: ahead, reports: w.reports },
-        `handback: ${Object.keys(ahead).length > 0 ? `targets resume where peers delivered this log to (${Object.entries(ahead).map(([t, m]) => `${t} ${m.from} -> ${m.to}`).join(', ')})` : 'no peer delivered past this node\'s offsets'}${w.complete ? '' : `; not every peer answered within ${HANDBACK_WAIT_MS} ms (what a taker delivers later may be delivered again)`}${takers.length ? `; reports: ${takers.join('; ')}` : ''}`,
+        `handback: ${moved ? `targets resume where peers delivered this log to (${Object.entries(ahead).map(([t, m]) => `${t} ${m.from} -> ${m.to}`).join(', ')})` : 'no peer delivered past this node\'s offsets'}${w.complete ? '' : `; not every peer answered within ${HANDBACK_WAIT_MS} ms (what a taker delivers later may be delivered again)`}${takers.length ? `; reports: ${takers.join('; ')}` : ''}`,
       );
     }
   }
@@ -195,9 +206,12 @@ export class CrowdNode {
     if (!this.opts.config.targets.some((t) => t.name === target)) throw new CrowdError('CROWD_ERR_REPLAY', `no target is named "${target}"`);
     const all = log.replicas().filter((r) => r.origin === origin && (incarnation === undefined || r.incarnation === incarnation));
     const r = all[all.length - 1];
-    if (!r) throw new CrowdError('CROWD_ERR_REPLAY', `no replica of ${origin}${incarnation ? ` incarnation ${incarnation}` : ''} is held here`);
-    const store = new ReplicaDeliveryStore(log.delivery, r.origin, r.incarnation, () => 0);
-    return { target, origin: r.origin, incarnation: r.incarnation, dead_letters: listDeadLetters(store, target, after, limit) };
+    // Dead letters outlive the replica (an old log removed after it was delivered): with the
+    // incarnation named, they are listed from the store all the same.
+    const inc = r?.incarnation ?? incarnation;
+    if (inc === undefined) throw new CrowdError('CROWD_ERR_REPLAY', `no replica of ${origin} is held here (name the log with --incarnation to list dead letters kept after its replica was removed)`);
+    const store = new ReplicaDeliveryStore(log.delivery, origin, inc, () => 0);
+    return { target, origin, incarnation: inc, dead_letters: listDeadLetters(store, target, after, limit) };
   }
 
   private houseKeep(): void {

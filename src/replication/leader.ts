@@ -330,6 +330,20 @@ export class Leader {
     return [...byNode.values()];
   }
 
+  /** Per follower node: when it was last heard on any connection, and the incarnation its newest connection said. */
+  sessionsHeard(): { node_id: string; last_heard: number; incarnation: string | null }[] {
+    const byNode = new Map<string, { node_id: string; last_heard: number; incarnation: string | null; opened: number }>();
+    let order = 0;
+    for (const s of this.sessions.values()) {
+      order++;
+      if (s.closed) continue;
+      const had = byNode.get(s.nodeId);
+      // Sessions are kept in the order they opened: the later one says the current incarnation.
+      byNode.set(s.nodeId, { node_id: s.nodeId, last_heard: Math.max(had?.last_heard ?? 0, s.lastHeard), incarnation: s.incarnation ?? had?.incarnation ?? null, opened: order });
+    }
+    return [...byNode.values()].map(({ opened: _o, ...v }) => v);
+  }
+
   /** Closes every follower's connection and refuses new ones (the node is stopping). */
   closeAll(): void {
     this.stopped = true;

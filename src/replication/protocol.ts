@@ -14,9 +14,10 @@
  * Text frames (JSON):
  *   leader -> follower  {"t":"hello","node_id","incarnation","first","durable"}
  *                       {"t":"progress","first","durable","finished":{target: offset},
- *                        "taken":[{"origin","incarnation","delivering","finished"}]}   about every second
- *                       (taken: other nodes' logs this leader delivers or delivered, and how far:
- *                        the origin starts from there when it comes back, see takeover.ts)
+ *                        "taken":[{"origin","incarnation","delivering","finished","flushed"}]}   about every second
+ *                       (taken: every other node's log this leader holds, how much of it (flushed),
+ *                        and, where it delivers or delivered it, how far: the origin starts from
+ *                        there when it comes back, see takeover.ts)
  *   follower -> leader  {"t":"want","incarnation","from"}     from which offset it needs the log
  *                                                            (not a flushed report)
  *                       {"t":"flushed","incarnation","offset"}  the highest offset it has flushed
@@ -94,8 +95,10 @@ export interface TakenReport {
   incarnation: string;
   /** Whether the sender delivers it now (false: it handed it back, or finished an orphan). */
   delivering: boolean;
-  /** Per target: the offset below which the sender delivered or dead-lettered everything. */
+  /** Per target: the offset below which the sender delivered or dead-lettered everything (targets it delivered). */
   finished: Record<string, number>;
+  /** The last offset of that log the sender holds flushed (the longest replica is the one to deliver). */
+  flushed?: number;
 }
 
 /** Taken reports one progress message carries at most. */
@@ -185,6 +188,7 @@ export function parseLeaderMessage(text: string): Hello | Progress | string {
           return 'progress has a taken report without origin, incarnation, delivering or finished';
         }
         for (const v of Object.values(r.finished as object)) if (!isOffset(v)) return 'progress has a taken finished offset that is not an offset';
+        if (r.flushed !== undefined && !isOffset(r.flushed)) return 'progress has a taken flushed offset that is not an offset';
       }
     }
     return m as unknown as Progress;

@@ -60,6 +60,7 @@ export class Replicator implements QuorumGate, ClusterView {
   /** Peers (node_id) that sent a progress message since this node started. */
   private readonly progressFrom = new Set<string>();
   private linksStarted = false;
+  private linkTimer: NodeJS.Timeout | null = null;
   private readonly leader: Leader;
   private readonly links: PeerLink[];
   private readonly waiters: Waiter[] = [];
@@ -144,15 +145,25 @@ export class Replicator implements QuorumGate, ClusterView {
     if (this.linksStarted) return;
     this.linksStarted = true;
     for (const l of this.links) l.start();
+    // Heartbeats from the start (a node waiting for its peers' reports must not look dead to them).
+    this.linkTimer = setInterval(() => {
+      for (const l of this.links) l.check();
+    }, TICK_MS);
+    this.linkTimer.unref();
+  }
+
+  /** Whether a link follows the log (origin, incarnation) now (its replica must not be removed). */
+  follows(origin: string, incarnation: string): boolean {
+    return this.links.some((l) => {
+      const v = l.view();
+      return v.node_id === origin && v.incarnation === incarnation && v.state === 'connected';
+    });
   }
 
   start(): void {
     this.deps.log.onDurable(() => this.leader.onDurable());
     this.startLinks();
-    this.tickTimer = setInterval(() => {
-      this.leader.tick();
-      for (const l of this.links) l.check();
-    }, TICK_MS);
+    this.tickTimer = setInterval(() => this.leader.tick(), TICK_MS);
     this.tickTimer.unref();
   }
 
@@ -197,8 +208,8 @@ export class Replicator implements QuorumGate, ClusterView {
     return this.seen().incarnations;
   }
 
-  reports(origin: string, incarnation: string): readonly TakenReport[] {
-    return [...(this.reportsBy.get(`${origin}/${incarnation}`)?.values() ?? [])];
+  reports(origin: string, incarnation: string): readonly (TakenReport & { by: string })[] {
+    return [...(this.reportsBy.get(`${origin}/${incarnation}`)?.entries() ?? [])].map(([by, r]) => ({ ...r, by }));
   }
 
   /** Per peer node: when last heard over either connection, and its incarnation as said most recently. */
@@ -218,7 +229,7 @@ export class Replicator implements QuorumGate, ClusterView {
       const v = l.view();
       if (v.node_id !== null) note(v.node_id, v.last_heard, v.incarnation);
     }
-    for (const f of this.leader.followers()) note(f.node_id, f.last_heard, f.incarnation);
+    for (const f of this.leader.sessionsHeard()) note(f.node_id, f.last_heard, f.incarnation);
     return { heard, incarnations };
   }
 
@@ -227,7 +238,7 @@ export class Replicator implements QuorumGate, ClusterView {
    * node's log) and none still delivers `incarnation` of this node's log, or after `boundMs`.
    * Returns the reports on that log.
    */
-  async waitForReports(incarnation: string, boundMs: number): Promise<{ reports: TakenReport[]; waitedMs: number; complete: boolean }> {
+  async waitForReports(incarnation: string, boundMs: number): Promise<{ reports: (TakenReport & { by: string })[]; waitedMs: number; complete: boolean }> {
     const started = Date.now();
     const self = this.deps.config.node_id;
     for (;;) {
@@ -334,6 +345,7 @@ export class Replicator implements QuorumGate, ClusterView {
 
   stop(): void {
     if (this.tickTimer) clearInterval(this.tickTimer);
+    if (this.linkTimer) clearInterval(this.linkTimer);
     if (this.timer) clearTimeout(this.timer);
     for (const l of this.links) l.stop();
     this.leader.closeAll();

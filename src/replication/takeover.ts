@@ -54,8 +54,10 @@ export interface ClusterView {
   heard(): ReadonlyMap<string, number>;
   /** Each peer's own log incarnation, as it last said. */
   incarnations(): ReadonlyMap<string, string>;
-  /** Other nodes' reports on the log (origin, incarnation). */
-  reports(origin: string, incarnation: string): readonly TakenReport[];
+  /** Other nodes' reports on the log (origin, incarnation), each with the reporting node. */
+  reports(origin: string, incarnation: string): readonly (TakenReport & { by: string })[];
+  /** Whether a replication link follows that log now (its replica must stay). */
+  follows(origin: string, incarnation: string): boolean;
 }
 
 export interface TakeoverDeps {
@@ -85,6 +87,8 @@ export interface ReplicaRole {
 
 export class Takeover {
   private readonly active = new Map<string, Active>();
+  /** Takeovers being stopped (requests in flight finishing): still reported as delivering. */
+  private readonly stopping = new Set<string>();
   private readonly roles = new Map<string, ReplicaRole>();
   private readonly done = new Map<string, { report: TakenReport; at: number }>();
   private readonly startedAt = Date.now();
@@ -152,8 +156,8 @@ export class Takeover {
       const current = incarnations.get(r.origin) ?? newest.get(r.origin);
       const orphaned = r.incarnation !== current;
       const up = now - (heard.get(r.origin) ?? this.startedAt) < after;
-      const by = !orphaned && up ? r.origin : taker(r.origin, live);
-      if (orphaned && this.finishedEverywhere(r) && this.pastRetention(r, now)) {
+      const by = !orphaned && up ? r.origin : taker(r.origin, this.holdersOfMost(r, live));
+      if (orphaned && this.finishedEverywhere(r) && this.pastRetention(r, now) && !view.follows(r.origin, r.incarnation)) {
         await this.end(key, 'every entry of this old log is finished');
         this.done.set(key, { report: this.report(r, false), at: now });
         const removed = await log.dropReplica(r.origin, r.incarnation);
@@ -166,6 +170,37 @@ export class Takeover {
       else await this.end(key, by === r.origin ? `${r.origin} is back` : `${by ?? 'no live node'} delivers it now`);
     }
     for (const [key, d] of this.done) if (now - d.at > DONE_REPORT_MS) this.done.delete(key);
+    await this.retain(now);
+  }
+
+  /**
+   * Retention for the replicas delivered here, as for the local log (their origin, which
+   * would trim them, is down): entries every target finished go once older than
+   * log.retention, or at once while the quota is full. The replica's own floor keeps what
+   * the origin had not finished and what this node's consumers still need.
+   */
+  private async retain(now: number): Promise<void> {
+    if (this.targets.length === 0) return;
+    const full = this.deps.log.refusal() === 'max_bytes';
+    for (const a of [...this.active.values()]) {
+      if (this.stopped) return;
+      const r = a.replica;
+      const cut = full ? r.flushed() + 1 : r.offsetAtTime(now - this.deps.config.log.retention);
+      if (cut > r.firstOffset()) await r.trimBelow(cut);
+    }
+  }
+
+  /**
+   * The live nodes holding the most of `r`'s log (by their reports; this node by its own
+   * replica): a quorum ack needs only one peer's copy, so the peers' replicas of a dead node
+   * can end at different offsets, and the longest one must be delivered. A live peer that
+   * has not reported this log (it holds none, or has not reported yet) is not a candidate.
+   */
+  private holdersOfMost(r: Replica, live: ReadonlySet<string>): Set<string> {
+    const ends = new Map<string, number>([[this.deps.config.node_id, r.flushed()]]);
+    for (const rep of this.deps.view.reports(r.origin, r.incarnation)) if (live.has(rep.by) && rep.flushed !== undefined) ends.set(rep.by, rep.flushed);
+    const most = Math.max(...ends.values());
+    return new Set([...ends].filter(([, end]) => end >= most).map(([node]) => node));
   }
 
   /** Whether every target finished every entry of `r` (by this node's store or any node's report). */
@@ -229,8 +264,14 @@ export class Takeover {
     const a = this.active.get(key);
     if (!a) return;
     this.active.delete(key);
-    await a.delivery.stop(HANDBACK_GRACE_MS);
-    a.source.close();
+    // Reported as delivering until its last commit is written (the origin waits for that).
+    this.stopping.add(key);
+    try {
+      await a.delivery.stop(HANDBACK_GRACE_MS);
+    } finally {
+      this.stopping.delete(key);
+      a.source.close();
+    }
     const finished = finishedOffsets(a.source.delivery, this.targets);
     this.deps.logger.warn({ event: 'takeover_end', origin: a.replica.origin, incarnation: a.replica.incarnation, finished }, `takeover of ${a.replica.origin}'s log ${a.replica.incarnation} ended (${why}); finished here: ${JSON.stringify(finished)}`);
   }
@@ -238,18 +279,17 @@ export class Takeover {
   private report(r: Replica, delivering: boolean): TakenReport {
     const v = this.view(r);
     const stored = this.targets.filter((t) => v.hasStoredOffset(t));
-    return { origin: r.origin, incarnation: r.incarnation, delivering, finished: finishedOffsets(v, stored) };
+    return { origin: r.origin, incarnation: r.incarnation, delivering, finished: finishedOffsets(v, stored), flushed: r.flushed() };
   }
 
-  /** What this node delivers or delivered of other nodes' logs (streamed to the peers with the progress). */
+  /** Every other node's log held here: how much, and what this node delivers or delivered of it (streamed to the peers with the progress). */
   taken(): TakenReport[] {
     const out: TakenReport[] = [];
     for (const r of this.deps.log.replicas()) {
       const key = keyOf(r.origin, r.incarnation);
-      const rep = this.report(r, this.active.has(key));
-      if (Object.keys(rep.finished).length > 0) out.push(rep);
+      out.push(this.report(r, this.active.has(key) || this.stopping.has(key)));
     }
-    for (const d of this.done.values()) out.push(d.report);
+    for (const d of this.done.values()) out.push({ ...d.report, flushed: 0 });
     return out.slice(-TAKEN_MAX);
   }
 
