@@ -3,7 +3,7 @@
 // returns (its targets resume from the taker's progress: nothing old is sent again), and a
 // wiped node's old log is delivered to its end by a survivor and then removed.
 import t from 'tap';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from '../helpers/http';
 import { Upstream, waitFor } from '../helpers/upstream';
 import { Cluster, status, tailReplica } from '../helpers/cluster';
@@ -234,4 +234,44 @@ t.test('the peer holding the most of a dead node\'s log delivers it, even when t
   await waitFor(() => acked.every((id) => receivedIds(upstream).has(id)), 30_000, 'every acknowledged id delivered');
   t.pass(`all ${acked.length} acknowledged ids delivered (${(await replicaOf(preferred, 'a')).flushed_offset} of them held by the hash's choice)`);
   t.equal((await replicaOf(longer, 'a')).delivered_by, 'this node', 'the peer holding all 50 delivers the log');
+});
+
+t.test('a node that returns while its taker is still delivering: the taker stops, the node resumes after it', async (t) => {
+  const upstream = await Upstream.start();
+  t.teardown(() => upstream.close());
+  const target = (rate: number) => ({ targets: [{ ...clusterConfig(upstream).targets[0], rate }] });
+  const c = await Cluster.create({
+    ack: 'quorum',
+    config: clusterConfig(upstream),
+    // Everyone delivers slowly here: the taker is still busy when a comes back.
+    perNode: (i) => ({ cluster: { takeover_after: `${TAKEOVER_AFTER_MS}ms` }, config: target(i === 0 ? 5 : 50) }),
+  });
+  t.teardown(() => c.stop());
+  await c.start();
+  const [a, b, cc] = c.nodes as [Crowd, Crowd, Crowd];
+  await waitFor(async () => (await status(a)).peers.every((p: any) => p.state === 'connected' && p.flushed_offset !== null), 10_000, 'a sees both peers');
+  const acked = await postMany(a, 400, 'busy-taker');
+  await a.kill9();
+  let taker: Crowd | null = null;
+  await waitFor(async () => {
+    for (const n of [b, cc]) if (((await replicaOf(n, 'a'))?.targets?.[0]?.delivered ?? 0) >= 20) taker = n;
+    return taker !== null;
+  }, 15_000, 'a taker delivering');
+  const tk = taker as unknown as Crowd;
+  const before = (await replicaOf(tk, 'a')).targets[0];
+  t.ok(before.lag > 50, `the taker is mid-way: ${before.delivered} delivered, ${before.lag} to go`);
+  // a comes back delivering at full speed (its config changed while it was down).
+  const conf = JSON.parse(readFileSync(a.configFile, 'utf8'));
+  conf.targets[0].rate = 0;
+  writeFileSync(a.configFile, JSON.stringify(conf));
+  await a.start();
+  const line = a.lines.map((l) => (l.startsWith('{') ? JSON.parse(l) : {})).find((j) => j.event === 'handback');
+  t.ok(line?.complete, `a waited until no peer delivered its log any more (${line?.waited_ms} ms): ${line?.msg}`);
+  t.equal((await replicaOf(tk, 'a')).delivered_by, 'origin', 'the taker handed back');
+  await waitFor(() => acked.every((id) => receivedIds(upstream).has(id)), 60_000, 'every acknowledged id delivered');
+  const dups = [...receivedIds(upstream).values()].reduce((s, n) => s + n - 1, 0);
+  // a's requests in flight and what it sent after its last progress (2 s at 5/s) before the
+  // kill, and the taker's requests in flight when it stopped.
+  const bound = 4 + 2 * 5 + 4;
+  t.ok(dups <= bound, `${dups} duplicate deliveries (bound ${bound})`);
 });
